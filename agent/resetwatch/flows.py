@@ -1,0 +1,324 @@
+"""The flow table: rebuilds sampled connections from their ingress packets.
+
+It owns time (the close-linger and idle clocks), the exclusion rules and capacity, and hands
+every finished flow to a callback. It does no I/O and reads no clock: callers pass `now`.
+
+A `Flow` keeps an order-free summary of its packets instead of the packets themselves (every
+update below commutes), so arrival order can never change a verdict, and a flow costs a few
+hundred bytes. See docs/methodology.md for the rules.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from itertools import islice
+from typing import Callable, NamedTuple, Optional
+
+from .docenum import DocEnum
+from .packet import ACK, FIN, PSH, RST, SYN, Packet, key_family
+
+MAX_PACKETS = 10
+"""The kernel logs at most this many ingress packets of a sampled connection."""
+
+
+class Exclusion(DocEnum):
+    """Why a flow was counted but not classified (a label of `resetwatch_flows_excluded_total`)."""
+
+    NO_SYN = "no_syn", "Packets arrived for a connection whose SYN was never seen."
+    MULTIPLE_SYN = "multiple_syn", "The SYN was retransmitted (same sequence number)."
+    SUPERSEDED = "superseded", "A new SYN on the same ports replaced a flow that had not closed."
+    TRUNCATED = "truncated", "Input ended or the agent stopped before the flow's deadline."
+    EVICTED = "evicted", "The flow table was full and this was its least recently active flow."
+
+
+class SynSignature(NamedTuple):
+    """The SYN's header fields that fingerprint the client stack (shared between flows)."""
+
+    ttl: int
+    window: int
+    df: bool
+    ack: int
+    options: str
+
+
+class Reset(NamedTuple):
+    """One packet with RST set."""
+
+    with_ack: bool
+    ack: int
+    ttl: int
+
+
+# Flow.marks bits.
+ESTABLISHED = 1  # some packet had ACK set and neither SYN nor RST
+FIN_SEEN = 2  # some packet had FIN set
+SYN_REPEATED = 4  # a second SYN with the first one's sequence number arrived
+
+# Shared int objects, so that a flow holding common values costs a pointer, not a new int.
+_TTL_BITS = tuple(1 << ttl for ttl in range(256))
+_U16_INTS = tuple(range(65536))
+_SIGNATURES: dict[SynSignature, SynSignature] = {}
+_SIGNATURES_MAX = 4096
+
+
+def _shared_signature(sig: SynSignature) -> SynSignature:
+    shared = _SIGNATURES.get(sig)
+    if shared is not None:
+        return shared
+    if len(_SIGNATURES) < _SIGNATURES_MAX:
+        _SIGNATURES[sig] = sig
+    return sig
+
+
+class Flow:
+    """What the table knows of one sampled connection: an order-free summary of its packets."""
+
+    __slots__ = (
+        "data_packets",
+        "first_ts",
+        "key",
+        "last_ts",
+        "marks",
+        "packets",
+        "resets",
+        "syn",
+        "syn_ipid",
+        "syn_seq",
+        "ttls",
+    )
+
+    key: bytes
+    first_ts: float
+    last_ts: float
+    packets: int
+    syn_seq: Optional[int]
+    syn_ipid: int
+    syn: Optional[SynSignature]
+    marks: int
+    data_packets: int
+    ttls: int
+    resets: Optional[tuple[Reset, ...]]
+
+    def __init__(self, packet: Packet) -> None:
+        self.key = packet.key
+        self.first_ts = self.last_ts = packet.ts
+        self.packets = 0
+        self.syn_seq = None
+        self.syn_ipid = 0
+        self.syn = None
+        self.marks = 0
+        self.data_packets = 0
+        self.ttls = 0
+        self.resets = None
+        if packet.flags & (SYN | ACK) == SYN:
+            self.syn_seq = packet.seq
+            self.syn_ipid = _U16_INTS[packet.ip_id]
+            self.syn = _shared_signature(
+                SynSignature(
+                    packet.ttl, _U16_INTS[packet.window], packet.df, packet.ack, packet.options
+                )
+            )
+        self.absorb(packet)
+
+    def absorb(self, packet: Packet) -> None:
+        """Add one packet to the summary. Every update commutes with every other."""
+        self.packets += 1
+        ts = packet.ts
+        if ts < self.first_ts:
+            self.first_ts = ts
+        elif ts > self.last_ts:
+            self.last_ts = ts
+        flags = packet.flags
+        if flags & RST:
+            reset = Reset(bool(flags & ACK), packet.ack, packet.ttl)
+            self.resets = (reset,) if self.resets is None else (*self.resets, reset)
+        else:
+            bit = _TTL_BITS[packet.ttl]
+            if not self.ttls & bit:
+                self.ttls = self.ttls | bit if self.ttls else bit
+            if not flags & SYN:
+                if flags & ACK:
+                    self.marks |= ESTABLISHED
+                if flags & PSH:
+                    self.data_packets += 1
+        if flags & FIN:
+            self.marks |= FIN_SEEN
+
+    @property
+    def family(self) -> int:
+        return key_family(self.key)
+
+    @property
+    def closing(self) -> bool:
+        """A RST or FIN arrived: the flow waits out the close linger, then is judged."""
+        return self.resets is not None or bool(self.marks & FIN_SEEN)
+
+    def has_ttl(self, ttl: int) -> bool:
+        """Whether some non-RST packet of the flow carried this TTL or hop limit."""
+        return bool(self.ttls & _TTL_BITS[ttl])
+
+
+EndCallback = Callable[[Flow, Optional[Exclusion]], None]
+"""Receives each finished flow: with None when it is to be classified, else why it is not."""
+
+
+class TableStats:
+    """Counters the table keeps about itself (exported as metrics)."""
+
+    __slots__ = ("late_packets", "started")
+
+    def __init__(self) -> None:
+        self.started = 0
+        self.late_packets = 0
+        """Packets of a flow already judged (beyond the window, or after its linger)."""
+
+
+class FlowTable:
+    """Sampled connections in flight, keyed by (addresses, ports).
+
+    `add` feeds one packet; `sweep(now)` judges flows whose deadline has passed, doing at most
+    `budget` flows of work per call; `drain(now)` ends everything (end of input or shutdown).
+    """
+
+    def __init__(
+        self,
+        on_end: EndCallback,
+        *,
+        idle_timeout: float = 300.0,
+        close_linger: float = 10.0,
+        max_flows: int = 1_000_000,
+        ended_memory: int = 65536,
+    ) -> None:
+        if close_linger < 0 or idle_timeout <= 0 or close_linger >= idle_timeout:
+            raise ValueError("need 0 <= close_linger < idle_timeout")
+        if max_flows < 1:
+            raise ValueError("max_flows must be at least 1")
+        self._on_end = on_end
+        self.idle_timeout = idle_timeout
+        self.close_linger = close_linger
+        self.max_flows = max_flows
+        # Ordered by last activity: a flow is moved to the end on every packet, so the
+        # least recently active flow is always first (idle sweeps and eviction read the front).
+        self._flows: dict[bytes, Flow] = {}
+        # (deadline, flow) for closing flows, in order of their first RST or FIN.
+        self._closing: deque[tuple[float, Flow]] = deque()
+        # Keys of flows recently ended, so that their stragglers are not taken for
+        # connections whose SYN was missed (no_syn). Bounded; oldest forgotten first.
+        self._ended: OrderedDict[bytes, None] = OrderedDict()
+        self._ended_memory = ended_memory
+        self.stats = TableStats()
+
+    def __len__(self) -> int:
+        return len(self._flows)
+
+    def get(self, key: bytes) -> Optional[Flow]:
+        return self._flows.get(key)
+
+    def add(self, packet: Packet) -> None:
+        """Feed one ingress packet of a sampled connection."""
+        key = packet.key
+        flows = self._flows
+        flow = flows.pop(key, None)
+        is_syn = packet.flags & (SYN | ACK) == SYN
+        if flow is None:
+            if not is_syn:
+                self._stray(packet)
+                return
+            self._start(packet)
+            return
+        if is_syn and packet.seq != flow.syn_seq:
+            # Port reuse: a new connection on the same ports.
+            self._end(flow, None if flow.closing else Exclusion.SUPERSEDED)
+            self._start(packet)
+            return
+        was_closing = flow.closing
+        flow.absorb(packet)
+        if is_syn:
+            flow.marks |= SYN_REPEATED
+        if flow.packets >= MAX_PACKETS:
+            self._end(flow, None)
+            return
+        flows[key] = flow
+        if not was_closing and flow.closing:
+            self._closing.append((packet.ts + self.close_linger, flow))
+
+    def sweep(self, now: float, budget: int = 1024) -> int:
+        """Judge flows whose close linger or idle timeout has passed by `now`.
+
+        Does at most `budget` flows of work, so a caller can interleave sweeps with reading.
+        Returns how many flows it ended.
+        """
+        done = 0
+        closing = self._closing
+        flows = self._flows
+        while closing and done < budget and closing[0][0] <= now:
+            _, flow = closing.popleft()
+            if flows.get(flow.key) is flow:
+                del flows[flow.key]
+                self._end(flow, None)
+                done += 1
+        if done < budget and flows:
+            horizon = now - self.idle_timeout
+            expired = []
+            for flow in flows.values():
+                if flow.last_ts > horizon or done + len(expired) >= budget:
+                    break
+                expired.append(flow)
+            for flow in expired:
+                del flows[flow.key]
+                self._end(flow, None)
+            done += len(expired)
+        return done
+
+    def drain(self, now: float) -> None:
+        """End every flow: judge those past a deadline, exclude the rest as truncated."""
+        while self.sweep(now, budget=1 << 30):
+            pass
+        flows = self._flows
+        while flows:
+            _, flow = flows.popitem()
+            self._end(flow, Exclusion.TRUNCATED)
+        self._closing.clear()
+
+    def _start(self, packet: Packet) -> None:
+        flows = self._flows
+        if len(flows) >= self.max_flows:
+            self._evict()
+        self._ended.pop(packet.key, None)
+        flow = Flow(packet)
+        flows[packet.key] = flow
+        self.stats.started += 1
+        if flow.closing:
+            self._closing.append((packet.ts + self.close_linger, flow))
+
+    def _evict(self) -> None:
+        """Make room by ending the least recently active 1% of flows as evicted.
+
+        In batches because finding the front of the dict costs a scan over the entries
+        deleted since its last resize; one scan per batch keeps a SYN flood cheap.
+        """
+        flows = self._flows
+        victims = list(islice(flows.values(), max(1, self.max_flows // 100)))
+        for flow in victims:
+            del flows[flow.key]
+            self._end(flow, Exclusion.EVICTED)
+
+    def _stray(self, packet: Packet) -> None:
+        """A packet with no flow and no SYN."""
+        if packet.key in self._ended:
+            self.stats.late_packets += 1
+            return
+        self._remember_ended(packet.key)
+        self._on_end(Flow(packet), Exclusion.NO_SYN)
+
+    def _end(self, flow: Flow, excluded: Optional[Exclusion]) -> None:
+        if flow.marks & SYN_REPEATED and excluded is None:
+            excluded = Exclusion.MULTIPLE_SYN
+        self._remember_ended(flow.key)
+        self._on_end(flow, excluded)
+
+    def _remember_ended(self, key: bytes) -> None:
+        ended = self._ended
+        ended[key] = None
+        if len(ended) > self._ended_memory:
+            ended.popitem(last=False)

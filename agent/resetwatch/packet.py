@@ -1,0 +1,236 @@
+"""Parse one IPv4 or IPv6 packet carrying TCP into a small immutable `Packet`.
+
+Parsing never raises on bad bytes: `parse_ip` returns an `Invalid` reason instead, which the
+caller counts. Only header fields are kept; payload bytes are never read (the length of the
+payload is taken from the IP header, so headers-only NFLOG copies still give the right value).
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import sys
+from typing import NamedTuple, Union
+
+from .docenum import DocEnum
+
+# TCP flag bits (RFC 9293 section 3.1).
+FIN = 0x01
+SYN = 0x02
+RST = 0x04
+PSH = 0x08
+ACK = 0x10
+URG = 0x20
+ECE = 0x40
+CWR = 0x80
+
+_IPV4 = struct.Struct("!BxHHHBB")  # version/ihl, total length, id, flags/fragment, ttl, proto
+_IPV6 = struct.Struct("!HBB")  # payload length, next header, hop limit
+_TCP = struct.Struct("!4xIIHH")  # seq, ack, data offset/flags, window
+_U16 = struct.Struct("!H")
+
+_IPPROTO_TCP = 6
+# IPv6 extension headers walked on the way to TCP (RFC 8200 section 4).
+_HOP_BY_HOP, _ROUTING, _FRAGMENT, _AUTH, _DEST_OPTS = 0, 43, 44, 51, 60
+_EXTENSIONS_8_OCTET = frozenset((_HOP_BY_HOP, _ROUTING, _DEST_OPTS, 135, 139, 140))
+_MAX_EXTENSIONS = 8
+
+
+class Invalid(DocEnum):
+    """Why a captured packet was not turned into a `Packet` (a label of
+    `resetwatch_packets_invalid_total`)."""
+
+    TRUNCATED = "truncated", "The bytes end before the IP or TCP header does."
+    NOT_IP = "not_ip", "The IP version field is neither 4 nor 6."
+    NOT_TCP = "not_tcp", "The packet carries a protocol other than TCP."
+    FRAGMENT = "fragment", "A non-first IP fragment: it holds no TCP header."
+    BAD_HEADER = "bad_header", "A header length field is impossible (too small or too large)."
+    BAD_LINK = "bad_link", "The link-layer framing around the IP packet is damaged or unknown."
+
+
+class Packet(NamedTuple):
+    """One ingress TCP packet, reduced to the header fields the method needs."""
+
+    ts: float
+    """Arrival time on the source's clock (capture time for pcap, receive time when live)."""
+    key: bytes
+    """Source address, destination address, source port, destination port, as on the wire
+    (12 bytes for IPv4, 36 for IPv6). Used as the flow key as it is."""
+    flags: int
+    """TCP flag bits (FIN, SYN, RST, PSH, ACK, URG, ECE, CWR)."""
+    seq: int
+    ack: int
+    window: int
+    ttl: int
+    """IPv4 TTL or IPv6 hop limit."""
+    ip_id: int
+    """IPv4 identification field; 0 for IPv6."""
+    df: bool
+    """IPv4 don't-fragment bit; False for IPv6."""
+    payload_len: int
+    """TCP payload length according to the IP header (not the captured length)."""
+    options: str
+    """TCP options fingerprint of a SYN (see `options_fingerprint`); empty on other packets."""
+
+    @property
+    def family(self) -> int:
+        return key_family(self.key)
+
+    @property
+    def src(self) -> str:
+        return key_fields(self.key)[0]
+
+    @property
+    def dst(self) -> str:
+        return key_fields(self.key)[2]
+
+    @property
+    def sport(self) -> int:
+        return key_fields(self.key)[1]
+
+    @property
+    def dport(self) -> int:
+        return key_fields(self.key)[3]
+
+
+ParseResult = Union[Packet, Invalid]
+
+
+def key_family(key: bytes) -> int:
+    """4 or 6, from the length of a flow key."""
+    return 4 if len(key) == 12 else 6
+
+
+def key_fields(key: bytes) -> tuple[str, int, str, int]:
+    """(src, sport, dst, dport) of a flow key, addresses as text."""
+    if len(key) == 12:
+        af, alen = socket.AF_INET, 4
+    else:
+        af, alen = socket.AF_INET6, 16
+    src = socket.inet_ntop(af, key[:alen])
+    dst = socket.inet_ntop(af, key[alen : 2 * alen])
+    sport, dport = struct.unpack_from("!HH", key, 2 * alen)
+    return src, sport, dst, dport
+
+
+def make_key(src: str, sport: int, dst: str, dport: int) -> bytes:
+    """Build a flow key from addresses as text (used by tests and tools)."""
+    af = socket.AF_INET6 if ":" in src else socket.AF_INET
+    return (
+        socket.inet_pton(af, src) + socket.inet_pton(af, dst) + struct.pack("!HH", sport, dport)
+    )
+
+
+_OPTION_NAMES = {2: "M", 3: "W", 4: "S", 5: "K", 8: "T", 30: "P", 34: "F"}
+
+
+def options_fingerprint(buf: bytes, start: int, end: int) -> str:
+    """A compact, comparable text form of a TCP options block.
+
+    One comma-separated token per option in wire order: `N` NOP, `E` end of list, `M<mss>`,
+    `W<shift>`, `S` SACK permitted, `K` SACK blocks, `T` timestamps, `P` MPTCP, `F` fast
+    open, `X<kind>` any other kind, and `?` where the block is malformed or cut off. The
+    string is interned: flows from one kind of client share one object.
+    """
+    tokens: list[str] = []
+    i = start
+    while i < end:
+        kind = buf[i]
+        if kind == 1:
+            tokens.append("N")
+            i += 1
+            continue
+        if kind == 0:
+            tokens.append("E")
+            break
+        if i + 1 >= end:
+            tokens.append("?")
+            break
+        length = buf[i + 1]
+        if length < 2 or i + length > end:
+            tokens.append("?")
+            break
+        if kind == 2 and length == 4:
+            tokens.append("M%d" % _U16.unpack_from(buf, i + 2)[0])
+        elif kind == 3 and length == 3:
+            tokens.append("W%d" % buf[i + 2])
+        else:
+            tokens.append(_OPTION_NAMES.get(kind) or "X%d" % kind)
+        i += length
+    return sys.intern(",".join(tokens))
+
+
+def parse_ip(buf: bytes, ts: float, offset: int = 0) -> ParseResult:
+    """Parse the IP packet that starts at `offset` in `buf`."""
+    size = len(buf)
+    if size - offset < 1:
+        return Invalid.TRUNCATED
+    version = buf[offset] >> 4
+    if version == 4:
+        if size - offset < 20:
+            return Invalid.TRUNCATED
+        vihl, total_len, ip_id, frag, ttl, proto = _IPV4.unpack_from(buf, offset)
+        ihl = (vihl & 0x0F) * 4
+        if ihl < 20:
+            return Invalid.BAD_HEADER
+        if proto != _IPPROTO_TCP:
+            return Invalid.NOT_TCP
+        if frag & 0x1FFF:
+            return Invalid.FRAGMENT
+        l4 = offset + ihl
+        if size < l4 + 20:
+            return Invalid.TRUNCATED
+        l4_len = total_len - ihl
+        key = buf[offset + 12 : offset + 20] + buf[l4 : l4 + 4]
+        df = bool(frag & 0x4000)
+    elif version == 6:
+        if size - offset < 40:
+            return Invalid.TRUNCATED
+        payload_len6, nxt, ttl = _IPV6.unpack_from(buf, offset + 4)
+        l4 = offset + 40
+        for _ in range(_MAX_EXTENSIONS):
+            if nxt == _IPPROTO_TCP:
+                break
+            if size < l4 + 8:
+                return Invalid.TRUNCATED
+            if nxt in _EXTENSIONS_8_OCTET:
+                step = (buf[l4 + 1] + 1) * 8
+            elif nxt == _FRAGMENT:
+                if _U16.unpack_from(buf, l4 + 2)[0] >> 3:
+                    return Invalid.FRAGMENT
+                step = 8
+            elif nxt == _AUTH:
+                step = (buf[l4 + 1] + 2) * 4
+            else:
+                return Invalid.NOT_TCP
+            nxt = buf[l4]
+            l4 += step
+        else:
+            return Invalid.BAD_HEADER
+        if nxt != _IPPROTO_TCP:
+            return Invalid.BAD_HEADER
+        if size < l4 + 20:
+            return Invalid.TRUNCATED
+        l4_len = payload_len6 - (l4 - offset - 40)
+        key = buf[offset + 8 : offset + 40] + buf[l4 : l4 + 4]
+        ip_id = 0
+        df = False
+    else:
+        return Invalid.NOT_IP
+
+    seq, ack, off_flags, window = _TCP.unpack_from(buf, l4)
+    doff = (off_flags >> 12) * 4
+    payload_len = l4_len - doff
+    if doff < 20 or payload_len < 0:
+        return Invalid.BAD_HEADER
+    flags = off_flags & 0xFF
+    options = ""
+    if flags & SYN:
+        options = options_fingerprint(buf, l4 + 20, min(l4 + doff, size))
+    return Packet(ts, key, flags, seq, ack, window, ttl, ip_id, df, payload_len, options)
+
+
+def flag_names(flags: int) -> str:
+    """Flags as text in tcpdump's letters, e.g. 'S', 'R.', 'FP.'."""
+    letters = "".join(c for bit, c in ((FIN, "F"), (SYN, "S"), (RST, "R"), (PSH, "P")) if flags & bit)
+    return letters + ("." if flags & ACK else "")
