@@ -53,7 +53,7 @@ class Tag(DocEnum):
 
     @property
     def parent(self) -> Optional[Tag]:
-        return Tag(self._parent_value) if self._parent_value else None
+        return next((tag for tag in Tag if tag.value == self._parent_value), None)
 
     TIMEOUT = "timeout", "Outcome timeout: no packet for the idle timeout."
     RESET = "reset", "Outcome reset: some packet had RST set."

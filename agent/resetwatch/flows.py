@@ -259,7 +259,7 @@ class FlowTable:
                 done += 1
         if done < budget and flows:
             horizon = now - self.idle_timeout
-            expired = []
+            expired: list[Flow] = []
             for flow in flows.values():
                 if flow.last_ts > horizon or done + len(expired) >= budget:
                     break

@@ -151,11 +151,11 @@ def options_fingerprint(buf: bytes, start: int, end: int) -> str:
             tokens.append("?")
             break
         if kind == 2 and length == 4:
-            tokens.append("M%d" % _U16.unpack_from(buf, i + 2)[0])
+            tokens.append(f"M{_U16.unpack_from(buf, i + 2)[0]}")
         elif kind == 3 and length == 3:
-            tokens.append("W%d" % buf[i + 2])
+            tokens.append(f"W{buf[i + 2]}")
         else:
-            tokens.append(_OPTION_NAMES.get(kind) or "X%d" % kind)
+            tokens.append(_OPTION_NAMES.get(kind) or f"X{kind}")
         i += length
     return sys.intern(",".join(tokens))
 
@@ -232,5 +232,6 @@ def parse_ip(buf: bytes, ts: float, offset: int = 0) -> ParseResult:
 
 def flag_names(flags: int) -> str:
     """Flags as text in tcpdump's letters, e.g. 'S', 'R.', 'FP.'."""
-    letters = "".join(c for bit, c in ((FIN, "F"), (SYN, "S"), (RST, "R"), (PSH, "P")) if flags & bit)
+    pairs = ((FIN, "F"), (SYN, "S"), (RST, "R"), (PSH, "P"))
+    letters = "".join(letter for bit, letter in pairs if flags & bit)
     return letters + ("." if flags & ACK else "")

@@ -1,0 +1,215 @@
+"""The `resetwatch` command line. Bad flags end with one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import IO, Any, NoReturn, Optional
+
+from . import __version__
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """Bad flags, config or input named by the user: printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see --help)\n")
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of seconds")
+    return value
+
+
+def nonnegative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be zero or a positive number")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def _add_replay(sub: Any) -> None:
+    p = sub.add_parser(
+        "replay",
+        help="classify the TCP connections in pcap/pcapng files",
+        description=(
+            "Run the classifier over capture files (pcap or pcapng; link types NFLOG, Ethernet, "
+            "raw IP, Linux SLL and SLL2), using the packet timestamps as the clock. Several "
+            "files are read in order as one stream."
+        ),
+    )
+    p.add_argument("files", nargs="+", metavar="FILE", help="capture files, read in order")
+    p.add_argument(
+        "--server",
+        action="append",
+        default=[],
+        metavar="ADDR|CIDR",
+        help="packets TO these addresses are ingress (repeatable); without it every packet is "
+        "ingress, as in an NFLOG capture of the sampling rules",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=positive_float,
+        default=300.0,
+        metavar="SECONDS",
+        help="a flow with no RST or FIN and no packet for this long ends as a timeout "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--close-linger",
+        type=nonnegative_float,
+        default=10.0,
+        metavar="SECONDS",
+        help="after the first RST or FIN, wait this long for more packets before judging "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-flows",
+        type=positive_int,
+        default=1_000_000,
+        metavar="N",
+        help="flows held at once; beyond it the least recently active are evicted "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--format",
+        choices=("table", "json"),
+        default="table",
+        help="table: readable summary; json: the public API's summary shape plus counts",
+    )
+    p.add_argument(
+        "--records",
+        metavar="PATH|-",
+        help="write one JSON object per judged or excluded flow to PATH (- for stdout; the "
+        "summary then goes to stderr)",
+    )
+    p.set_defaults(func=cmd_replay)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from .engine import Engine, Sink
+    from .records import RecordWriter
+    from .replay import ingress_filter, replay
+    from .report import summary_table
+    from .summary import Summary
+
+    if args.close_linger >= args.idle_timeout:
+        raise UsageError(
+            f"--close-linger {args.close_linger:g} must be less than "
+            f"--idle-timeout {args.idle_timeout:g}"
+        )
+    try:
+        is_ingress = ingress_filter(args.server)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    summary = Summary()
+    sinks: list[Sink] = [summary]
+    records_file: Optional[IO[str]] = None
+    out: IO[str] = sys.stdout
+    writer: Optional[RecordWriter] = None
+    if args.records == "-":
+        writer = RecordWriter(sys.stdout)
+        out = sys.stderr
+    elif args.records:
+        try:
+            records_file = open(args.records, "w", encoding="utf-8")  # noqa: SIM115
+        except OSError as error:
+            raise UsageError(f"--records {args.records}: {error.strerror}") from None
+        writer = RecordWriter(records_file)
+    if writer is not None:
+        sinks.append(writer)
+    engine = Engine(
+        sinks,
+        idle_timeout=args.idle_timeout,
+        close_linger=args.close_linger,
+        max_flows=args.max_flows,
+    )
+    try:
+        stats = replay(args.files, engine, is_ingress)
+    finally:
+        if records_file is not None:
+            records_file.close()
+        elif writer is not None:
+            writer.flush()
+    invalid = {reason.value: count for reason, count in engine.invalid.items()}
+    if args.format == "json":
+        meta = {
+            "files": [str(f) for f in args.files],
+            "packets": engine.packets,
+            "records": stats.records,
+            "egressSkipped": stats.egress,
+            "invalidPackets": invalid,
+            "idleTimeout": args.idle_timeout,
+            "closeLinger": args.close_linger,
+            "dateRange": {"startTime": summary.first_ts, "endTime": summary.last_ts},
+            "errors": stats.errors,
+        }
+        out.write(json.dumps(summary.radar(meta), indent=2) + "\n")
+    else:
+        extra = [
+            ("files", str(stats.files)),
+            ("packets", f"{engine.packets:,}"),
+        ]
+        if args.server:
+            extra.append(("egress skipped", f"{stats.egress:,}"))
+        out.write(
+            summary_table(summary, title="resetwatch replay", extra=extra, invalid=invalid)
+        )
+    for line in stats.errors:
+        print(f"resetwatch replay: {line}", file=sys.stderr)
+    return EXIT_USAGE if stats.errors else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="resetwatch",
+        description="See which sampled TCP connections die early, and how.",
+    )
+    parser.add_argument("--version", action="version", version=f"resetwatch {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    _add_replay(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except UsageError as error:
+        print(f"resetwatch {args.command}: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

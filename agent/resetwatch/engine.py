@@ -1,0 +1,64 @@
+"""The one pipeline both `replay` and `run` use: packets -> flow table -> classifier -> sinks."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Optional, Protocol
+
+from .classify import Verdict, classify
+from .flows import Exclusion, Flow, FlowTable
+from .packet import Invalid, Packet
+
+
+class Sink(Protocol):
+    """Where judged and excluded flows go (summary, records file, metrics)."""
+
+    def judged(self, flow: Flow, verdict: Verdict) -> None: ...
+
+    def excluded(self, flow: Flow, reason: Exclusion) -> None: ...
+
+
+class Engine:
+    """Feeds parsed packets to a `FlowTable` and hands each finished flow to every sink."""
+
+    def __init__(
+        self,
+        sinks: list[Sink],
+        *,
+        idle_timeout: float = 300.0,
+        close_linger: float = 10.0,
+        max_flows: int = 1_000_000,
+    ) -> None:
+        self.sinks = sinks
+        self.table = FlowTable(
+            self._finished,
+            idle_timeout=idle_timeout,
+            close_linger=close_linger,
+            max_flows=max_flows,
+        )
+        self.invalid: Counter[Invalid] = Counter()
+        self.packets = 0
+        """Valid packets fed to the table."""
+
+    def _finished(self, flow: Flow, excluded: Optional[Exclusion]) -> None:
+        if excluded is None:
+            verdict = classify(flow)
+            for sink in self.sinks:
+                sink.judged(flow, verdict)
+        else:
+            for sink in self.sinks:
+                sink.excluded(flow, excluded)
+
+    def feed(self, packet: Packet) -> None:
+        self.packets += 1
+        self.table.add(packet)
+
+    def count_invalid(self, reason: Invalid) -> None:
+        self.invalid[reason] += 1
+
+    def sweep(self, now: float, budget: int = 1024) -> int:
+        return self.table.sweep(now, budget)
+
+    def drain(self, now: float) -> None:
+        """End of input or shutdown: judge what is past a deadline, truncate the rest."""
+        self.table.drain(now)

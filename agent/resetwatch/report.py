@@ -1,0 +1,59 @@
+"""Human-readable tables for `replay` and `status`, in the spirit of the public dashboard."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Optional
+
+from .classify import Category, Tag
+from .flows import Exclusion
+from .summary import Summary
+
+
+def _bar(share: float, width: int = 30) -> str:
+    return "#" * round(share / 100 * width)
+
+
+def summary_table(
+    summary: Summary,
+    *,
+    title: str,
+    extra: Iterable[tuple[str, str]] = (),
+    invalid: Optional[Mapping[str, int]] = None,
+) -> str:
+    lines = [title]
+    for name, value in extra:
+        lines.append(f"  {name + ':':<22}{value}")
+    classified = summary.classified
+    lines.append(f"  {'classified flows:':<22}{classified:,}")
+    lines.append(f"  {'excluded flows:':<22}{summary.excluded_total:,}")
+    lines.append("")
+    lines.append(f"  {'category':<15}{'share':>9}{'flows':>12}")
+    shares = summary.shares()
+    for category in Category:
+        share = shares[category.value]
+        count = summary.categories[category]
+        lines.append(
+            f"  {category.value:<15}{share + '%':>9}{count:>12,}  {_bar(float(share))}"
+        )
+    if summary.excluded_total:
+        lines.append("")
+        lines.append("  excluded (not classified)")
+        for reason in Exclusion:
+            if summary.excluded_by[reason]:
+                lines.append(f"    {reason.value:<18}{summary.excluded_by[reason]:>10,}")
+    if summary.tags:
+        lines.append("")
+        lines.append(f"  {'tag':<18}{'flows':>10}{'of classified':>15}")
+        # A flow carries several tags, so tag ratios are of classified flows, not shares.
+        for tag in Tag:
+            count = summary.tags[tag]
+            if count:
+                ratio = 100.0 * count / classified if classified else 0.0
+                lines.append(f"    {tag.value:<16}{count:>10,}{ratio:>14.2f}%")
+    if invalid:
+        bad = {k: v for k, v in invalid.items() if v}
+        if bad:
+            lines.append("")
+            lines.append("  packets not parsed: " + ", ".join(f"{k} {v:,}" for k, v in bad.items()))
+    return "\n".join(lines) + "\n"

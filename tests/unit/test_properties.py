@@ -1,0 +1,96 @@
+"""Invariants that must hold for every flow, whatever its packets."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from resetwatch.classify import ACKNUM_TAGS, RESET_SHAPES, Category, Outcome, Tag, classify
+from resetwatch.flows import MAX_PACKETS, Flow
+
+from .factory import pkt, run
+
+FLAG_SETS = ["A", "PA", "R", "RA", "FA", "FPA", "RPA", "A"]
+
+later_packet = st.builds(
+    lambda flags, ack, ttl, ts: pkt(flags, ts, ack=ack, ttl=ttl),
+    st.sampled_from(FLAG_SETS),
+    st.sampled_from([0, 1, 77, 2**32 - 1]),
+    st.sampled_from([57, 58, 250]),
+    st.floats(min_value=0.0, max_value=5.0),
+)
+syn_packet = st.builds(
+    lambda ip_id, window, df, options: pkt("S", 0.0, ip_id=ip_id, window=window, df=df,
+                                           options=options),
+    st.sampled_from([54321, 1, 4242]),
+    st.sampled_from([65535, 64240]),
+    st.booleans(),
+    st.sampled_from(["M1460", "M1460,N,W8,N,N,S", "M1460,S,T,N,W7", ""]),
+)
+flows = st.tuples(syn_packet, st.lists(later_packet, max_size=MAX_PACKETS - 1))
+
+
+def summary(flow: Flow) -> tuple:
+    return tuple(getattr(flow, name) for name in Flow.__slots__ if name != "resets") + (
+        sorted(flow.resets or ()),
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(flows, st.randoms(use_true_random=False))
+def test_packet_order_never_changes_the_summary_or_the_verdict(flow_packets, rnd) -> None:
+    syn, rest = flow_packets
+    shuffled = list(rest)
+    rnd.shuffle(shuffled)
+    a = Flow(syn)
+    b = Flow(syn)
+    for p in rest:
+        a.absorb(p)
+    for p in shuffled:
+        b.absorb(p)
+    assert summary(a) == summary(b)
+    assert classify(a) == classify(b)
+
+
+@settings(max_examples=300, deadline=None)
+@given(flows, st.randoms(use_true_random=False))
+def test_table_order_after_the_syn_never_changes_the_verdict(flow_packets, rnd) -> None:
+    syn, rest = flow_packets
+    shuffled = list(rest)
+    rnd.shuffle(shuffled)
+    # NFLOG timestamps are batch times: give the permuted packets the same times in order.
+    times = sorted(p.ts for p in rest)
+    retimed = [p._replace(ts=t) for p, t in zip(shuffled, times)]
+    inorder = [p._replace(ts=t) for p, t in zip(rest, times)]
+    one = run([syn, *inorder], end=1e6)
+    two = run([syn, *retimed], end=1e6)
+    assert one.verdicts == two.verdicts
+    assert one.reasons == two.reasons
+
+
+@settings(max_examples=500, deadline=None)
+@given(flows)
+def test_every_judged_flow_has_one_category_and_a_consistent_tag_tree(flow_packets) -> None:
+    syn, rest = flow_packets
+    flow = Flow(syn)
+    for p in rest:
+        flow.absorb(p)
+    verdict = classify(flow)
+    assert isinstance(verdict.category, Category)
+    tags = set(verdict.tags)
+    assert len(verdict.tags) == len(tags)
+    for tag in tags:
+        assert tag.parent is None or tag.parent in tags, tag
+    assert (Tag.RESET in tags) == (verdict.outcome is Outcome.RESET)
+    assert (Tag.TIMEOUT in tags) == (verdict.outcome is Outcome.TIMEOUT)
+    if Tag.RESET in tags:
+        assert len(tags & set(RESET_SHAPES)) == 1
+    else:
+        assert not tags & set(RESET_SHAPES)
+    assert len(tags & set(ACKNUM_TAGS)) == (1 if Tag.MULTIPLE_RSTS in tags else 0)
+    assert not {Tag.ZMAP, Tag.ZMAP_MODERN} <= tags
+    anomalous = verdict.category is not Category.NO_MATCH
+    assert anomalous == (
+        verdict.outcome is Outcome.RESET
+        or (verdict.outcome is Outcome.TIMEOUT and verdict.stage.value != "later")
+    )
