@@ -184,6 +184,154 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return EXIT_USAGE if stats.errors else 0
 
 
+def _setting_flag(text: str, setting: Any) -> Any:
+    """A flag's text in the type the TOML file would give, so both are checked alike."""
+    default = setting.default
+    if isinstance(default, tuple):
+        items = [item.strip() for item in text.split(",") if item.strip()]
+        return [int(i) if i.isdigit() else i for i in items] if setting.key == "dports" else items
+    for kind in (int, float) if not isinstance(default, str) else ():
+        try:
+            return kind(text)
+        except ValueError:
+            continue
+    return text
+
+
+def _add_settings(p: argparse.ArgumentParser, keys: Optional[Sequence[str]] = None) -> None:
+    from .config import DEFAULT_CONFIG, SETTINGS
+
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help=f"TOML config file (default: {DEFAULT_CONFIG} if it exists); flags win over it",
+    )
+    for setting in SETTINGS:
+        if keys is not None and setting.key not in keys:
+            continue
+        flag = "--" + setting.key.replace("_", "-")
+        if isinstance(setting.default, bool):
+            p.add_argument(flag, action="store_true", default=None, help=setting.help)
+            continue
+        shown = setting.default
+        if isinstance(shown, tuple):
+            shown = ",".join(str(v) for v in shown) or "all"
+        extra = " (comma-separated)" if isinstance(setting.default, tuple) else ""
+        p.add_argument(
+            flag,
+            metavar=setting.metavar or "VALUE",
+            type=str,
+            default=None,
+            help=f"{setting.help}{extra} (default: {shown})",
+        )
+
+
+def _config_from(args: argparse.Namespace, keys: Optional[Sequence[str]] = None) -> Any:
+    """Merge defaults, the config file and the flags; ConfigError becomes a UsageError."""
+    from pathlib import Path
+
+    from .config import BY_KEY, DEFAULT_CONFIG, ConfigError, load
+
+    overrides = {}
+    for key, setting in BY_KEY.items():
+        if keys is not None and key not in keys:
+            continue
+        value = getattr(args, key, None)
+        if value is None:
+            continue
+        overrides[key] = value if isinstance(value, bool) else _setting_flag(value, setting)
+    path: Optional[Path] = Path(args.config) if args.config else None
+    if path is None and DEFAULT_CONFIG.exists():
+        path = DEFAULT_CONFIG
+    try:
+        return load(path, overrides)
+    except ConfigError as error:
+        raise UsageError(str(error)) from None
+
+
+def _add_run(sub: Any) -> None:
+    p = sub.add_parser(
+        "run",
+        help="run the agent: sample connections in the kernel and export verdicts",
+        description=(
+            "Install the sampling rules, read the sampled packets from NFLOG, judge each "
+            "connection when it ends and export the counts to Prometheus. Runs in the "
+            "foreground; SIGTERM or Ctrl-C stops it cleanly (rules removed unless "
+            "--keep-rules), SIGHUP reloads the config file."
+        ),
+    )
+    _add_settings(p)
+    p.set_defaults(func=cmd_run)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import logging
+
+    from .daemon import Agent, StartError
+
+    config = _config_from(args)
+    logging.basicConfig(level=logging.INFO, format="resetwatch: %(message)s")
+    agent = Agent(config, reload=lambda: _config_from(args))
+    try:
+        return agent.run()
+    except StartError as error:
+        print(f"resetwatch run: cannot start: {error}", file=sys.stderr)
+        return 1
+
+
+RULE_KEYS = ("probability", "label", "nflog_group", "backend", "dports", "interfaces")
+
+
+def _add_rules(sub: Any) -> None:
+    p = sub.add_parser(
+        "rules",
+        help="install, remove, show or check the sampling rules",
+        description=(
+            "Manage the two netfilter rules that sample new ingress TCP connections and log "
+            "their first 10 packets to NFLOG. `check` exits 0 when the installed rules equal "
+            "the wanted ones, 1 otherwise (and says what differs)."
+        ),
+    )
+    p.add_argument("action", choices=("install", "remove", "show", "check"))
+    p.add_argument(
+        "--dry-run", action="store_true", help="with install: print what would be applied"
+    )
+    _add_settings(p, RULE_KEYS)
+    p.set_defaults(func=cmd_rules)
+
+
+def cmd_rules(args: argparse.Namespace) -> int:
+    from .daemon import rule_spec
+    from .rules import RulesError, backend_for
+
+    config = _config_from(args, RULE_KEYS)
+    try:
+        backend = backend_for(config.backend)
+        spec = rule_spec(config)
+        if args.action == "install":
+            if args.dry_run:
+                sys.stdout.write(backend.render(spec))
+                return 0
+            backend.install(spec)
+            print(f"resetwatch rules: installed ({backend.name})")
+        elif args.action == "remove":
+            backend.remove()
+            print(f"resetwatch rules: removed ({backend.name})")
+        elif args.action == "show":
+            sys.stdout.write(backend.show())
+        else:
+            differences = backend.check(spec)
+            for line in differences:
+                print(line)
+            if differences:
+                return 1
+            print(f"resetwatch rules: installed as configured ({backend.name})")
+    except (RulesError, ValueError) as error:
+        print(f"resetwatch rules: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="resetwatch",
@@ -192,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"resetwatch {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
+    _add_run(sub)
+    _add_rules(sub)
     _add_replay(sub)
     return parser
 

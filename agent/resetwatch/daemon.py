@@ -1,0 +1,352 @@
+"""`resetwatch run`: wires the NFLOG source to the engine and the outputs, and runs the loop.
+
+Order of start: bind NFLOG (so nothing the rules log is lost), install the rules, start the
+HTTP listener, then tell systemd READY. The loop wakes at least once a second; each pass
+sweeps the flow table, checks the rules on schedule and pings the watchdog, so the watchdog
+only hears from a loop that really runs. SIGTERM/SIGINT stop it: flows past a deadline are
+judged, the rest counted as truncated (never as timeouts), records flushed, rules removed.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from dataclasses import replace
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any, Callable, Optional, Protocol
+
+from .config import Config, ConfigError, load
+from .engine import Engine, Sink
+from .metrics import AgentHealth, FlowCounts, build_registry
+from .notify import Notifier
+from .packet import Invalid, Packet, ParseResult
+from .records import RecordWriter
+from .rules import RulesBackend, RulesError, RuleSpec, backend_for
+from .server import HttpServer
+
+log = logging.getLogger("resetwatch")
+
+LOOP_WAKE = 1.0
+"""Longest the loop sleeps with no traffic (seconds): bounds stop latency and sweep lag."""
+
+
+class PacketSource(Protocol):
+    """What the daemon needs of a packet source (nflog.NflogSource, or a test double)."""
+
+    packets: int
+    enobufs: int
+    seq_gaps: int
+
+    def read(self, timeout: float) -> list[ParseResult]: ...
+
+    @property
+    def receive_buffer(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+SourceFactory = Callable[[Config, Callable[[], float]], PacketSource]
+
+
+def open_nflog(config: Config, clock: Callable[[], float]) -> PacketSource:
+    from .nflog import NflogSource
+
+    return NflogSource(
+        group=config.nflog_group, clock=clock, buffer_max=config.nflog_buffer_max
+    )
+
+
+def rule_spec(config: Config) -> RuleSpec:
+    return RuleSpec(
+        probability=config.probability,
+        label=config.label,
+        nflog_group=config.nflog_group,
+        dports=config.dports,
+        in_interfaces=config.interfaces,
+    )
+
+
+class StartError(Exception):
+    """The agent could not start; the message is one line."""
+
+
+class Agent:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        reload: Callable[[], Config] = lambda: load(None),
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        notifier: Optional[Notifier] = None,
+        open_source: SourceFactory = open_nflog,
+        rules_backend: Optional[Callable[[str], RulesBackend]] = None,
+    ) -> None:
+        self.config = config
+        self._reload_config = reload
+        self.clock = clock
+        self.notifier = notifier or Notifier()
+        self._open_source = open_source
+        self._backend_for = rules_backend or backend_for
+        self._wall_offset = wall() - clock()
+        self._records: Optional[IO[str]] = None
+        self._writer: Optional[RecordWriter] = None
+        self.counts = FlowCounts()
+        self.health = AgentHealth(probability=config.probability, max_flows=config.max_flows)
+        self.registry = build_registry(self.counts, self.health)
+        self.engine: Engine = self._make_engine(config)
+        self.health.flows_active = lambda: len(self.engine.table)
+        self.health.last_packet_age = lambda: max(0.0, self.clock() - self._last_packet)
+        self.backend: Optional[RulesBackend] = None
+        self.source: Optional[PacketSource] = None
+        self.http: Optional[HttpServer] = None
+        self._stop = False
+        self._reload = False
+        self._last_loop = clock()
+        self._last_packet = clock()
+        self._next_rules_check = 0.0
+        self._next_watchdog = 0.0
+
+    # ---- wiring -------------------------------------------------------------------------
+
+    def to_wall(self, ts: float) -> float:
+        return ts + self._wall_offset
+
+    def _make_engine(self, config: Config) -> Engine:
+        return Engine(
+            self._sinks(),
+            idle_timeout=config.idle_timeout,
+            close_linger=config.close_linger,
+            max_flows=config.max_flows,
+        )
+
+    def _open_records(self, path: str) -> None:
+        self._close_records()
+        if not path:
+            return
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self._records = open(path, "a", encoding="utf-8")  # noqa: SIM115
+        except OSError as error:
+            raise StartError(f"records {path}: {error.strerror}") from None
+        self._writer = RecordWriter(self._records, self.to_wall)
+
+    def _close_records(self) -> None:
+        if self._records is not None:
+            self._records.close()
+        self._records = None
+        self._writer = None
+
+    def _sinks(self) -> list[Sink]:
+        sinks: list[Sink] = [self.counts]
+        if self._writer is not None:
+            sinks.append(self._writer)
+        return sinks
+
+    # ---- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        config = self.config
+        self._open_records(config.records)
+        self.engine.sinks = self._sinks()
+        try:
+            self.source = self._open_source(config, self.clock)
+        except OSError as error:
+            raise StartError(f"NFLOG group {config.nflog_group}: {error}") from None
+        self.health.rules_managed = not config.no_rules
+        if not config.no_rules:
+            try:
+                self.backend = self._backend_for(config.backend)
+                self.backend.install(rule_spec(config))
+            except (RulesError, ValueError) as error:
+                raise StartError(f"rules: {error}") from None
+            self.health.rules_present = True
+            self._next_rules_check = self.clock() + config.rules_check_interval
+        try:
+            self.http = HttpServer(config.listen_address, self.registry, self.healthy)
+        except OSError as error:
+            raise StartError(f"listen {config.listen}: {error.strerror}") from None
+        self.http.start()
+        log.info(
+            "started: sampling %g of new TCP connections, NFLOG group %d, metrics on http://%s/metrics",
+            config.probability,
+            config.nflog_group,
+            config.listen,
+        )
+        self.notifier.ready(self.status_line())
+
+    def run(self) -> int:
+        """Start, loop until a stop signal, stop cleanly. Returns the exit code."""
+        previous = {
+            sig: signal.signal(sig, self._on_signal)
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        }
+        try:
+            try:
+                self.start()
+            except StartError:
+                self.stop()
+                raise
+            while not self._stop:
+                self.step()
+            self.stop()
+            return 0
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _on_signal(self, signum: int, _frame: Optional[FrameType]) -> None:
+        if signum == signal.SIGHUP:
+            self._reload = True
+        else:
+            self._stop = True
+
+    def step(self, timeout: float = LOOP_WAKE) -> None:
+        """One pass of the loop: read a batch (or wait up to `timeout`), then housekeeping."""
+        source = self.source
+        assert source is not None
+        items = source.read(timeout)
+        engine = self.engine
+        if items:
+            self._last_packet = self.clock()
+            feed = engine.feed
+            for item in items:
+                if type(item) is Packet:
+                    feed(item)
+                else:
+                    assert isinstance(item, Invalid)
+                    self.health.invalid[item] += 1
+        now = self.clock()
+        engine.sweep(now)
+        health = self.health
+        table_stats = engine.table.stats
+        health.flows_started = table_stats.started
+        health.late_packets = table_stats.late_packets
+        health.nflog_packets = source.packets
+        health.nflog_lost["enobufs"] = source.enobufs
+        health.nflog_lost["seq_gap"] = source.seq_gaps
+        health.nflog_buffer_bytes = source.receive_buffer
+        if self._writer is not None:
+            self._writer.flush()
+        if self.backend is not None and now >= self._next_rules_check:
+            self._check_rules()
+            self._next_rules_check = now + self.config.rules_check_interval
+        if self._reload:
+            self._reload = False
+            self.reload()
+        self._last_loop = now
+        if now >= self._next_watchdog:
+            self.notifier.watchdog()
+            self.notifier.status(self.status_line())
+            self._next_watchdog = now + (self.notifier.watchdog_interval or 5.0)
+
+    def _check_rules(self) -> None:
+        backend = self.backend
+        assert backend is not None
+        spec = rule_spec(self.config)
+        try:
+            differences = backend.check(spec)
+            if not differences:
+                self.health.rules_present = True
+                return
+            log.warning("rules changed or missing (%s): putting them back", differences[0])
+            self.health.rules_present = False
+            backend.install(spec)
+            self.health.rules_repairs += 1
+            self.health.rules_present = not backend.check(spec)
+        except RulesError as error:
+            self.health.rules_present = False
+            log.error("rules check failed: %s", error)
+
+    def reload(self) -> None:
+        """SIGHUP: read the config again; keep the old one if the new one is bad."""
+        try:
+            new = self._reload_config()
+        except ConfigError as error:
+            log.error("reload refused, keeping the running config: %s", error)
+            return
+        old = self.config
+        if new.listen != old.listen or new.nflog_group != old.nflog_group:
+            log.warning("listen and nflog_group changes take effect after a restart")
+            new = _with(new, listen=old.listen, nflog_group=old.nflog_group)
+        if new.records != old.records:
+            try:
+                self._open_records(new.records)
+            except StartError as error:
+                log.error("reload: %s; records stay off", error)
+        table = self.engine.table
+        if (new.idle_timeout, new.close_linger, new.max_flows) != (
+            old.idle_timeout, old.close_linger, old.max_flows,
+        ):
+            table.idle_timeout = new.idle_timeout
+            table.close_linger = new.close_linger
+            table.max_flows = new.max_flows
+        self.engine.sinks = self._sinks()
+        self.config = new
+        self.health.probability = new.probability
+        self.health.max_flows = new.max_flows
+        self.health.rules_managed = not new.no_rules
+        try:
+            if new.no_rules:
+                if self.backend is not None and not old.keep_rules:
+                    self.backend.remove()
+                self.backend = None
+            else:
+                if self.backend is not None and new.backend != old.backend:
+                    self.backend.remove()
+                    self.backend = None
+                if self.backend is None:
+                    self.backend = self._backend_for(new.backend)
+                self.backend.install(rule_spec(new))
+                self.health.rules_present = True
+        except (RulesError, ValueError) as error:
+            self.health.rules_present = False
+            log.error("reload: rules: %s", error)
+        self.health.reloads += 1
+        log.info("configuration reloaded from %s", new.source)
+
+    def stop(self) -> None:
+        """Judge what is past a deadline, count the rest as truncated, clean up everything."""
+        self.notifier.stopping()
+        self.engine.drain(self.clock())
+        if self._writer is not None:
+            self._writer.flush()
+        self._close_records()
+        if self.backend is not None and not self.config.keep_rules:
+            try:
+                self.backend.remove()
+            except RulesError as error:
+                log.error("could not remove the rules: %s", error)
+        self.health.rules_present = False
+        if self.source is not None:
+            self.source.close()
+            self.source = None
+        if self.http is not None:
+            self.http.stop()
+            self.http = None
+        self.notifier.close()
+
+    # ---- reporting ----------------------------------------------------------------------
+
+    def healthy(self) -> tuple[bool, str]:
+        stalled = self.clock() - self._last_loop > 5 * LOOP_WAKE
+        rules_ok = self.config.no_rules or self.health.rules_present
+        if stalled:
+            return False, "packet loop stalled"
+        if not rules_ok:
+            return False, "sampling rules missing"
+        return True, "ok"
+
+    def status_line(self) -> str:
+        counts = self.counts
+        judged = sum(counts.connections.values())
+        return (
+            f"{len(self.engine.table)} flows held, {judged} judged, "
+            f"rules {'ok' if self.health.rules_present or self.config.no_rules else 'MISSING'}"
+        )
+
+
+def _with(config: Config, **changes: Any) -> Config:
+    return replace(config, **changes)

@@ -1,0 +1,207 @@
+"""Prometheus metrics of the live agent.
+
+Flows are counted in plain dicts (a sink, cheap per flow); one custom collector turns them and
+the agent's health into metric families at scrape time. Every label value is declared from
+the start, so `rate()` works from the first scrape. No label ever holds a peer address.
+HELP texts come from the enums' own descriptions (classify.py, flows.py, packet.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Callable
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from . import __version__
+from .classify import Category, Outcome, Stage, Tag, Verdict
+from .flows import Exclusion, Flow
+from .packet import Invalid
+
+FAMILIES = ("4", "6")
+NFLOG_LOSS_REASONS = {
+    "enobufs": "The socket's receive buffer overflowed (ENOBUFS): the kernel dropped messages.",
+    "seq_gap": "Packets missing between NFLOG sequence numbers.",
+}
+
+
+def _enum_help(intro: str, members: object) -> str:
+    return intro + " " + " ".join(f"{m.value}: {m.doc}" for m in members)  # type: ignore[attr-defined]
+
+
+class FlowCounts:
+    """A sink counting judged and excluded flows by family, stage, outcome, category, tag."""
+
+    def __init__(self) -> None:
+        self.connections = {(f, c): 0 for f in FAMILIES for c in Category}
+        self.outcomes = {(f, s, o): 0 for f in FAMILIES for s in Stage for o in Outcome}
+        self.tags = {(f, c, t): 0 for f in FAMILIES for c in Category for t in Tag}
+        self.excluded_by = {e: 0 for e in Exclusion}
+
+    def judged(self, flow: Flow, verdict: Verdict) -> None:
+        family = "4" if len(flow.key) == 12 else "6"
+        category = verdict.category
+        self.connections[family, category] += 1
+        self.outcomes[family, verdict.stage, verdict.outcome] += 1
+        tags = self.tags
+        for tag in verdict.tags:
+            tags[family, category, tag] += 1
+
+    def excluded(self, flow: Flow, reason: Exclusion) -> None:
+        self.excluded_by[reason] += 1
+
+
+@dataclass
+class AgentHealth:
+    """What the daemon tells the collector about itself; read at scrape time."""
+
+    probability: float = 0.0
+    max_flows: int = 0
+    flows_active: Callable[[], int] = lambda: 0
+    flows_started: int = 0
+    late_packets: int = 0
+    nflog_packets: int = 0
+    nflog_lost: dict[str, int] = field(default_factory=lambda: dict.fromkeys(NFLOG_LOSS_REASONS, 0))
+    nflog_buffer_bytes: int = 0
+    invalid: dict[Invalid, int] = field(default_factory=lambda: {r: 0 for r in Invalid})
+    rules_present: bool = False
+    rules_managed: bool = True
+    rules_repairs: int = 0
+    reloads: int = 0
+    last_packet_age: Callable[[], float] = lambda: 0.0
+
+
+class AgentCollector(Collector):
+    """The single collector for everything the agent exports."""
+
+    def __init__(self, counts: FlowCounts, health: AgentHealth) -> None:
+        self.counts = counts
+        self.health = health
+
+    def collect(self) -> Iterator[Metric]:
+        counts, health = self.counts, self.health
+        m = CounterMetricFamily(
+            "resetwatch_connections",
+            _enum_help("Sampled TCP connections judged, by category.", Category),
+            labels=["family", "category"],
+        )
+        for (family, category), value in counts.connections.items():
+            m.add_metric([family, category.value], value)
+        yield m
+
+        m = CounterMetricFamily(
+            "resetwatch_connection_outcomes",
+            _enum_help("Sampled TCP connections judged, by stage and outcome.", Outcome),
+            labels=["family", "stage", "outcome"],
+        )
+        for (family, stage, outcome), value in counts.outcomes.items():
+            m.add_metric([family, stage.value, outcome.value], value)
+        yield m
+
+        m = CounterMetricFamily(
+            "resetwatch_connection_tags",
+            "Judged connections carrying each tag, by category (a connection has several "
+            "tags). " + " ".join(f"{t.value}: {t.doc}" for t in Tag),
+            labels=["family", "category", "tag"],
+        )
+        for (family, category, tag), value in counts.tags.items():
+            m.add_metric([family, category.value, tag.value], value)
+        yield m
+
+        m = CounterMetricFamily(
+            "resetwatch_flows_excluded",
+            _enum_help("Sampled flows counted but not classified, by reason.", Exclusion),
+            labels=["reason"],
+        )
+        for reason, value in counts.excluded_by.items():
+            m.add_metric([reason.value], value)
+        yield m
+
+        yield GaugeMetricFamily(
+            "resetwatch_sampling_probability",
+            "Probability that a new ingress TCP connection is sampled: divide counts by it "
+            "to estimate all connections.",
+            value=health.probability,
+        )
+        yield GaugeMetricFamily(
+            "resetwatch_flows_active", "Flows held in the table now.",
+            value=health.flows_active(),
+        )
+        yield GaugeMetricFamily(
+            "resetwatch_flows_max", "Capacity of the flow table (max_flows).",
+            value=health.max_flows,
+        )
+        yield CounterMetricFamily(
+            "resetwatch_flows_started", "Flows started by a SYN.", value=health.flows_started
+        )
+        yield CounterMetricFamily(
+            "resetwatch_packets_late",
+            "Packets of a flow already judged (after its 10th packet or its close linger).",
+            value=health.late_packets,
+        )
+        yield CounterMetricFamily(
+            "resetwatch_nflog_packets", "Packets received from NFLOG.",
+            value=health.nflog_packets,
+        )
+        m = CounterMetricFamily(
+            "resetwatch_nflog_lost",
+            "Packets logged by the kernel but not received, by how the loss was seen. "
+            + " ".join(f"{k}: {v}" for k, v in NFLOG_LOSS_REASONS.items()),
+            labels=["reason"],
+        )
+        for reason in NFLOG_LOSS_REASONS:
+            m.add_metric([reason], health.nflog_lost.get(reason, 0))
+        yield m
+        yield GaugeMetricFamily(
+            "resetwatch_nflog_receive_buffer_bytes",
+            "Size of the NFLOG socket's receive buffer (grows on overflow up to a limit).",
+            value=health.nflog_buffer_bytes,
+        )
+        m = CounterMetricFamily(
+            "resetwatch_packets_invalid",
+            _enum_help("Received packets that could not be parsed, by reason.", Invalid),
+            labels=["reason"],
+        )
+        for invalid_reason, value in health.invalid.items():
+            m.add_metric([invalid_reason.value], value)
+        yield m
+        yield GaugeMetricFamily(
+            "resetwatch_rules_present",
+            "1 when the sampling rules are installed as configured, else 0.",
+            value=1 if health.rules_present else 0,
+        )
+        yield GaugeMetricFamily(
+            "resetwatch_rules_managed",
+            "1 when the agent installs and repairs the rules, 0 with no_rules.",
+            value=1 if health.rules_managed else 0,
+        )
+        yield CounterMetricFamily(
+            "resetwatch_rules_repairs",
+            "Times the rules were found missing or changed and were put back.",
+            value=health.rules_repairs,
+        )
+        yield CounterMetricFamily(
+            "resetwatch_config_reloads", "Successful configuration reloads (SIGHUP).",
+            value=health.reloads,
+        )
+        yield GaugeMetricFamily(
+            "resetwatch_last_packet_age_seconds",
+            "Seconds since the last packet arrived from NFLOG.",
+            value=health.last_packet_age(),
+        )
+        info = InfoMetricFamily("resetwatch_build", "Version of the running agent.")
+        info.add_metric([], {"version": __version__})
+        yield info
+
+
+def build_registry(counts: FlowCounts, health: AgentHealth) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(AgentCollector(counts, health))
+    return registry

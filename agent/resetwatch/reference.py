@@ -1,0 +1,100 @@
+"""Markdown tables generated from the enums, settings and metrics: the docs' single source.
+
+`python -m resetwatch.reference --write` refreshes every generated block in docs/ and the
+README; a unit test fails when a block is out of date.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+from .classify import Category, Outcome, Stage, Tag
+from .config import SETTINGS, _toml_value
+from .docenum import DocEnum
+from .flows import Exclusion
+from .packet import Invalid
+
+
+def _enum_table(members: Iterable[DocEnum], header: str = "value") -> str:
+    rows = [f"| `{m.value}` | {m.doc} |" for m in members]
+    return "\n".join([f"| {header} | meaning |", "|---|---|", *rows])
+
+
+def tag_table() -> str:
+    rows = []
+    for tag in Tag:
+        parent = f"`{tag.parent.value}`" if tag.parent else ""
+        kind = "extension" if tag.extension else "published"
+        rows.append(f"| `{tag.value}` | {parent} | {kind} | {tag.doc} |")
+    return "\n".join(["| tag | parent | list | condition |", "|---|---|---|---|", *rows])
+
+
+def settings_table() -> str:
+    rows = []
+    for s in SETTINGS:
+        flag = "--" + s.key.replace("_", "-")
+        rows.append(f"| `{s.key}` | `{flag}` | `{_toml_value(s.default)}` | {s.help} |")
+    return "\n".join(["| key | flag | default | meaning |", "|---|---|---|---|", *rows])
+
+
+def metrics_table() -> str:
+    from .metrics import AgentCollector, AgentHealth, FlowCounts
+
+    rows = []
+    for family in AgentCollector(FlowCounts(), AgentHealth()).collect():
+        labels = sorted({k for s in family.samples for k in s.labels})
+        name = family.name + ("_total" if family.type == "counter" else "")
+        if family.type == "info":
+            name = family.name + "_info"
+        help_first = family.documentation.split(". ")[0].rstrip(".") + "."
+        shown = ", ".join(f"`{label}`" for label in labels)
+        rows.append(f"| `{name}` | {family.type} | {shown} | {help_first} |")
+    return "\n".join(["| metric | type | labels | meaning |", "|---|---|---|---|", *rows])
+
+
+BLOCKS = {
+    "stages": lambda: _enum_table(Stage, "stage"),
+    "outcomes": lambda: _enum_table(Outcome, "outcome"),
+    "categories": lambda: _enum_table(Category, "category"),
+    "tags": tag_table,
+    "exclusions": lambda: _enum_table(Exclusion, "reason"),
+    "invalid": lambda: _enum_table(Invalid, "reason"),
+    "settings": settings_table,
+    "metrics": metrics_table,
+}
+_BLOCK = re.compile(
+    r"(<!-- generated: (?P<name>[a-z]+) -->\n)(?P<body>.*?)(<!-- end generated -->)", re.S
+)
+
+
+def refresh(text: str) -> str:
+    """`text` with every generated block rewritten from the code."""
+    return _BLOCK.sub(lambda m: m[1] + BLOCKS[m["name"]]() + "\n" + m[4], text)
+
+
+def documents(root: Path) -> list[Path]:
+    return sorted(root.glob("docs/*.md")) + [root / "README.md"]
+
+
+def main(argv: list[str]) -> int:
+    root = Path(argv[argv.index("--root") + 1]) if "--root" in argv else Path.cwd()
+    stale = []
+    for path in documents(root):
+        if not path.exists():
+            continue
+        text = path.read_text(encoding="utf-8")
+        fresh = refresh(text)
+        if fresh != text:
+            stale.append(path)
+            if "--write" in argv:
+                path.write_text(fresh, encoding="utf-8")
+    for path in stale:
+        print(f"{'refreshed' if '--write' in argv else 'out of date'}: {path}")
+    return 1 if stale and "--write" not in argv else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
