@@ -103,6 +103,7 @@ class Agent:
         self.source: Optional[PacketSource] = None
         self.http: Optional[HttpServer] = None
         self._stop = False
+        self._stopped = False
         self._reload = False
         self._last_loop = clock()
         self._last_packet = clock()
@@ -308,7 +309,12 @@ class Agent:
         log.info("configuration reloaded from %s", new.source)
 
     def stop(self) -> None:
-        """Judge what is past a deadline, count the rest as truncated, clean up everything."""
+        """Judge what is past a deadline, count the rest as truncated, clean up everything.
+
+        Safe to call twice (a failed start, then the caller's own cleanup)."""
+        if self._stopped:
+            return
+        self._stopped = True
         self.notifier.stopping()
         self.engine.drain(self.clock())
         if self._writer is not None:
