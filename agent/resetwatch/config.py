@@ -20,6 +20,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on RHEL 9's Python 3.9
     import tomli as tomllib
 
+from .rules import BACKENDS
+
 DEFAULT_CONFIG = Path("/etc/resetwatch/resetwatch.toml")
 DEFAULT_PORT = 9824
 
@@ -122,8 +124,8 @@ SETTINGS: tuple[Setting, ...] = (
             _integer(0, 65535), "N"),
     Setting("label", 7, "conntrack label bit that marks a sampled connection",
             _integer(0, 127), "BIT"),
-    Setting("backend", "auto", "how the rules are programmed: auto, iptables or nft",
-            _choice("auto", "iptables", "nft"), "NAME"),
+    Setting("backend", "auto", "how the rules are programmed: " + ", ".join(BACKENDS),
+            _choice(*BACKENDS), "NAME"),
     Setting("dports", (), "sample only connections to these local ports (empty: all)",
             _ports, "PORT"),
     Setting("interfaces", (), "sample only connections arriving on these interfaces (empty: all)",

@@ -156,8 +156,8 @@ class AgentCollector(Collector):
             + " ".join(f"{k}: {v}" for k, v in NFLOG_LOSS_REASONS.items()),
             labels=["reason"],
         )
-        for reason in NFLOG_LOSS_REASONS:
-            m.add_metric([reason], health.nflog_lost.get(reason, 0))
+        for loss in NFLOG_LOSS_REASONS:
+            m.add_metric([loss], health.nflog_lost.get(loss, 0))
         yield m
         yield GaugeMetricFamily(
             "resetwatch_nflog_receive_buffer_bytes",

@@ -35,7 +35,7 @@ class HttpServer:
         class Handler(BaseHTTPRequestHandler):
             server_version = "resetwatch"
 
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            def do_GET(self) -> None:
                 url = urlsplit(self.path)
                 route = routes.get(url.path)
                 if route is None:

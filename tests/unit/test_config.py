@@ -36,7 +36,7 @@ BAD = [
     ("probability = 0", "probability = 0 is not allowed"),
     ('probability = "x"', "probability = 'x' is not allowed: must be a number"),
     ("label = 128", "label = 128 is not allowed: must be a whole number from 0 to 127"),
-    ('backend = "pf"', "backend = 'pf' is not allowed: must be one of auto, iptables, nft"),
+    ('backend = "pf"', "backend = 'pf' is not allowed: must be one of auto, iptables, iptables-legacy"),
     ('listen = "localhost"', "listen = 'localhost' is not allowed: must be ADDRESS:PORT"),
     ("dports = [0]", "dports = [0] is not allowed: must be a list of port numbers"),
     ("keep_rules = 1", "keep_rules = 1 is not allowed: must be true or false"),

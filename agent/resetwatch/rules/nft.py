@@ -1,0 +1,299 @@
+"""The nft backend: a table of our own, `table inet resetwatch`, replaced in one transaction.
+
+Why this shape:
+
+- An `inet` table sees IPv4 and IPv6 with one set of rules; `meta nfproto` narrows it when only
+  one family is wanted. Owning a whole table means nobody else's rules share our chain, and
+  removing us is deleting the table.
+- `nft -f -` applies a file atomically. The file starts with `table inet resetwatch` (creates it
+  if absent) and `delete table inet resetwatch`, then defines it in full, so a re-install
+  replaces whatever was there (one copy, no duplicates) without a moment with no rules and
+  without a separate "does it exist" query.
+- The chain hooks prerouting at priority mangle (-150): after conntrack (-200) has found or
+  created the connection, as the iptables mangle PREROUTING chain does.
+- nft has no probability match; `numgen random mod N == 0` samples 1 connection in N. So the
+  probability must be 1/N for an integer N: other values are refused rather than silently
+  rounded, because the agent reports the probability it believes in as a metric.
+- Each rule carries a `counter` (so `show` answers "is anything being sampled?") and an id
+  comment.
+
+`check` reads `nft -j list table inet resetwatch`: the JSON form is the documented, stable
+one (the text form changes between nft versions, e.g. `tcp flags & (...) == syn` is printed as
+`tcp flags syn / fin,syn,rst,ack` by nft 1.0.6).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Optional
+
+from .base import RulesBackend, RulesError, connlabel_bits
+from .spec import ID_LOG, ID_SAMPLE, LOG_PREFIX, NFT_CHAIN, NFT_TABLE, RuleSpec
+
+FAMILY = "inet"
+PRIORITY_MANGLE = -150
+INTEGER_TOLERANCE = 1e-6
+"""How far 1/probability may be from an integer (relative) to count as 1 in N."""
+
+_NFPROTO = {4: "ipv4", 6: "ipv6"}
+_TCP_FLAGS = ["fin", "syn", "rst", "ack"]
+
+Json = Any
+"""A value decoded from nft's JSON output."""
+
+
+def one_in(probability: float) -> int:
+    """N such that `numgen random mod N == 0` samples with the given probability.
+
+    Raises ValueError naming the field when 1/probability is not (close to) an integer.
+    """
+    exact = 1.0 / probability
+    n = max(1, round(exact))
+    if abs(exact - n) > INTEGER_TOLERANCE * n:
+        low, high = math.floor(exact), math.ceil(exact)
+        raise ValueError(
+            f"probability: {probability!r} is not allowed with the nft backend, which samples "
+            f"1 connection in N (numgen random mod N); use 1/N, e.g. {1 / low:.12g} (1 in "
+            f"{low}) or {1 / high:.12g} (1 in {high}), or the iptables backend"
+        )
+    return n
+
+
+def _nft_set(values: list[str]) -> str:
+    return values[0] if len(values) == 1 else "{ " + ", ".join(values) + " }"
+
+
+def _interfaces(spec: RuleSpec) -> list[str]:
+    """Interface names in nft syntax: the iptables wildcard "eth+" is "eth*" in nft."""
+    return [name[:-1] + "*" if name.endswith("+") else name for name in spec.in_interfaces]
+
+
+def sample_rule(spec: RuleSpec) -> str:
+    """A new TCP SYN, at random, gets the conntrack label (filters first, numgen last)."""
+    parts = []
+    if len(spec.families) == 1:
+        parts.append(f"meta nfproto {_NFPROTO[spec.families[0]]}")
+    if spec.in_interfaces:
+        parts.append("iifname " + _nft_set([f'"{name}"' for name in _interfaces(spec)]))
+    if spec.dports:
+        parts.append("tcp dport " + _nft_set([str(port) for port in spec.dports]))
+    parts.append("tcp flags & (fin | syn | rst | ack) == syn ct state new")
+    parts.append(f"numgen random mod {one_in(spec.probability)} == 0")
+    parts.append(f'counter ct label set {spec.label} comment "{ID_SAMPLE}"')
+    return " ".join(parts)
+
+
+def log_rule(spec: RuleSpec) -> str:
+    """The first max_packets ingress packets of a labelled connection go to NFLOG.
+
+    No port or interface filter: the label already marks the chosen connection. Conntrack has
+    counted the packet before priority mangle, so `< max_packets + 1` logs the first ones.
+    """
+    return (
+        f"meta l4proto tcp ct label {spec.label} ct original packets < {spec.packets_below} "
+        f'counter log prefix "{LOG_PREFIX}" group {spec.nflog_group} snaplen {spec.copy_range} '
+        f'comment "{ID_LOG}"'
+    )
+
+
+def _match(left: Json, right: Json, op: str = "==") -> Json:
+    return {"match": {"op": op, "left": left, "right": right}}
+
+
+def _json_set(values: list[Any]) -> Json:
+    return values[0] if len(values) == 1 else {"set": values}
+
+
+def wanted_rules(spec: RuleSpec) -> list[tuple[str, str, list[Json]]]:
+    """(id comment, rendered text, expressions as `nft -j` lists them) for each of our rules."""
+    sample: list[Json] = []
+    if len(spec.families) == 1:
+        sample.append(_match({"meta": {"key": "nfproto"}}, _NFPROTO[spec.families[0]]))
+    if spec.in_interfaces:
+        sample.append(_match({"meta": {"key": "iifname"}}, _json_set(_interfaces(spec))))
+    if spec.dports:
+        dport = {"payload": {"protocol": "tcp", "field": "dport"}}
+        sample.append(_match(dport, _json_set(list(spec.dports))))
+    flags = {"payload": {"protocol": "tcp", "field": "flags"}}
+    sample += [
+        _match({"&": [flags, list(_TCP_FLAGS)]}, "syn"),
+        _match({"ct": {"key": "state"}}, "new", "in"),
+        _match({"numgen": {"mode": "random", "mod": one_in(spec.probability), "offset": 0}}, 0),
+        {"counter": None},
+        {"mangle": {"key": {"ct": {"key": "label"}}, "value": spec.label}},
+    ]
+    log: list[Json] = [
+        _match({"meta": {"key": "l4proto"}}, "tcp"),
+        _match({"ct": {"key": "label"}}, spec.label, "in"),
+        _match({"ct": {"key": "packets", "dir": "original"}}, spec.packets_below, "<"),
+        {"counter": None},
+        {"log": {"prefix": LOG_PREFIX, "group": spec.nflog_group, "snaplen": spec.copy_range}},
+    ]
+    return [(ID_SAMPLE, sample_rule(spec), sample), (ID_LOG, log_rule(spec), log)]
+
+
+def normalise(value: Json, labels: Optional[dict[str, int]] = None) -> Json:
+    """Bring one expression to a single form, whichever way nft chose to print it.
+
+    Counter values are state, not meaning; an anonymous set's order and a one-element set mean
+    the same as their sorted and scalar forms; nft writes the implicit match of bitmask and
+    label types as "in" where we might write "=="; `ct label` may come back as the name an
+    administrator gave our bit in connlabel.conf.
+    """
+    labels = connlabel_bits() if labels is None else labels
+    if isinstance(value, list):
+        items = [normalise(item, labels) for item in value]
+        if all(isinstance(item, (str, int)) for item in items):
+            return sorted(items, key=str)
+        return items
+    if not isinstance(value, dict):
+        return value
+    if "counter" in value and len(value) == 1:
+        return {"counter": None}
+    if "set" in value and len(value) == 1 and isinstance(value["set"], list):
+        items = sorted((normalise(item, labels) for item in value["set"]), key=json.dumps)
+        return items[0] if len(items) == 1 else {"set": items}
+    if "match" in value and isinstance(value["match"], dict):
+        match = dict(value["match"])
+        if match.get("op") == "in":
+            match["op"] = "=="
+        if match.get("left") == {"ct": {"key": "label"}} and isinstance(match.get("right"), str):
+            match["right"] = labels.get(match["right"], match["right"])
+        return {"match": {k: normalise(v, labels) for k, v in match.items()}}
+    if "mangle" in value and isinstance(value["mangle"], dict):
+        mangle = dict(value["mangle"])
+        if mangle.get("key") == {"ct": {"key": "label"}} and isinstance(mangle.get("value"), str):
+            mangle["value"] = labels.get(mangle["value"], mangle["value"])
+        return {"mangle": mangle}
+    if "numgen" in value and isinstance(value["numgen"], dict):
+        return {"numgen": {"offset": 0, **value["numgen"]}}
+    return {key: normalise(item, labels) for key, item in value.items()}
+
+
+def describe(expr: Json) -> str:
+    """A short nft-like text for one JSON expression, for messages an operator reads."""
+    if isinstance(expr, str):
+        return expr
+    if isinstance(expr, list):
+        return "(" + " | ".join(describe(item) for item in expr) + ")"
+    if not isinstance(expr, dict) or len(expr) != 1:
+        return json.dumps(expr, sort_keys=True)
+    ((kind, body),) = expr.items()
+    if kind == "match" and isinstance(body, dict):
+        op = "" if body.get("op") == "in" else f"{body.get('op')} "
+        return f"{describe(body.get('left'))} {op}{describe(body.get('right'))}"
+    if kind == "set" and isinstance(body, list):
+        return "{ " + ", ".join(describe(item) for item in body) + " }"
+    if kind in ("meta", "ct") and isinstance(body, dict):
+        direction = f" {body['dir']}" if "dir" in body else ""
+        return f"{kind}{direction} {body.get('key')}"
+    if kind == "payload" and isinstance(body, dict):
+        return f"{body.get('protocol')} {body.get('field')}"
+    if kind == "&" and isinstance(body, list) and len(body) == 2:
+        return f"{describe(body[0])} & {describe(body[1])}"
+    if kind == "numgen" and isinstance(body, dict):
+        return f"numgen {body.get('mode')} mod {body.get('mod')}"
+    if kind == "counter":
+        return "counter"
+    if kind == "mangle" and isinstance(body, dict):
+        return f"{describe(body.get('key'))} set {describe(body.get('value'))}"
+    if kind == "log" and isinstance(body, dict):
+        return "log " + " ".join(f"{k} {json.dumps(v)}" for k, v in body.items())
+    return json.dumps(expr, sort_keys=True)
+
+
+def _describe_rule(rule: Json) -> str:
+    text = " ".join(describe(expr) for expr in rule.get("expr", []))
+    comment = rule.get("comment")
+    return f'{text} comment "{comment}"' if comment else text
+
+
+class NftBackend(RulesBackend):
+    """Rules in `table inet resetwatch`, driven through `nft -f -` and `nft -j list`."""
+
+    name = "nft"
+
+    def render(self, spec: RuleSpec) -> str:
+        """The whole file `nft -f -` reads: create-if-absent, delete, define, in one go."""
+        rules = "".join(f"\t\t{text}\n" for _id, text, _expr in wanted_rules(spec))
+        return (
+            f"table {FAMILY} {NFT_TABLE}\n"
+            f"delete table {FAMILY} {NFT_TABLE}\n"
+            f"table {FAMILY} {NFT_TABLE} {{\n"
+            f"\tchain {NFT_CHAIN} {{\n"
+            f"\t\ttype filter hook prerouting priority mangle; policy accept;\n"
+            f"{rules}"
+            f"\t}}\n"
+            f"}}\n"
+        )
+
+    def install(self, spec: RuleSpec) -> None:
+        self.run(["nft", "-f", "-"], self.render(spec))
+
+    def remove(self) -> None:
+        """Delete our table; declaring it first makes the delete a no-op when it is absent."""
+        text = f"table {FAMILY} {NFT_TABLE}\ndelete table {FAMILY} {NFT_TABLE}\n"
+        self.run(["nft", "-f", "-"], text)
+
+    def _list(self, json_output: bool) -> Optional[str]:
+        """Our table as nft lists it, or None when it does not exist."""
+        argv = ["nft", *(["-j"] if json_output else []), "list", "table", FAMILY, NFT_TABLE]
+        result = self.run(argv, check=False)
+        if result.returncode == 0:
+            return result.stdout
+        if "No such file or directory" in (result.stderr or ""):
+            return None
+        raise self.error(argv, result, None)
+
+    def show(self) -> str:
+        text = self._list(json_output=False)
+        return text if text is not None else f"# table {FAMILY} {NFT_TABLE}: not installed\n"
+
+    def present(self) -> bool:
+        return self._list(json_output=False) is not None
+
+    def check(self, spec: RuleSpec) -> list[str]:
+        wanted = wanted_rules(spec)  # raises ValueError first for a probability nft cannot do
+        text = self._list(json_output=True)
+        if text is None:
+            return [f"table {FAMILY} {NFT_TABLE} is missing"]
+        try:
+            objects = [obj for obj in json.loads(text).get("nftables", []) if isinstance(obj, dict)]
+        except (ValueError, AttributeError) as err:
+            raise RulesError(f"`nft -j list table {FAMILY} {NFT_TABLE}`: bad JSON ({err})") from err
+        out: list[str] = []
+        chains = [obj["chain"] for obj in objects if "chain" in obj]
+        ours = [c for c in chains if c.get("name") == NFT_CHAIN]
+        out.extend(f"chain {c.get('name')} is not wanted" for c in chains if c not in ours)
+        for kind in ("set", "map", "flowtable", "ct helper", "counter", "quota", "limit"):
+            out.extend(f"{kind} {o[kind].get('name')} is not wanted" for o in objects if kind in o)
+        if not ours:
+            return [*out, f"chain {NFT_CHAIN} is missing"]
+        chain = ours[0]
+        base = {"type": "filter", "hook": "prerouting", "prio": PRIORITY_MANGLE, "policy": "accept"}
+        for key, value in base.items():
+            if chain.get(key) != value:
+                out.append(f"chain {NFT_CHAIN}: {key} is {chain.get(key)!r}, wanted {value!r}")
+        rules = [
+            obj["rule"]
+            for obj in objects
+            if "rule" in obj and obj["rule"].get("chain") == NFT_CHAIN
+        ]
+        labels = connlabel_bits()
+        for index in range(max(len(wanted), len(rules))):
+            number = f"rule {index + 1}"
+            if index >= len(rules):
+                out.append(f"{number} is missing: wanted `{wanted[index][1]}`")
+                continue
+            found = rules[index]
+            if index >= len(wanted):
+                out.append(f"{number} is not wanted: `{_describe_rule(found)}`")
+                continue
+            rule_id, rule_text, exprs = wanted[index]
+            same = found.get("comment") == rule_id and normalise(
+                found.get("expr", []), labels
+            ) == normalise(exprs, labels)
+            if not same:
+                out.append(f"{number} is `{_describe_rule(found)}`, wanted `{rule_text}`")
+        return out
