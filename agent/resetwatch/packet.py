@@ -40,8 +40,8 @@ class Invalid(DocEnum):
     """Why a captured packet was not turned into a `Packet` (a label of
     `resetwatch_packets_invalid_total`)."""
 
-    TRUNCATED = "truncated", "The bytes end before the IP or TCP header does."
-    NOT_IP = "not_ip", "The IP version field is neither 4 nor 6."
+    TRUNCATED = "truncated", "The bytes end before the link, IP or TCP header does."
+    NOT_IP = "not_ip", "Not an IP packet (another ethertype, or IP version neither 4 nor 6)."
     NOT_TCP = "not_tcp", "The packet carries a protocol other than TCP."
     FRAGMENT = "fragment", "A non-first IP fragment: it holds no TCP header."
     BAD_HEADER = "bad_header", "A header length field is impossible (too small or too large)."
@@ -94,6 +94,9 @@ class Packet(NamedTuple):
 
 
 ParseResult = Union[Packet, Invalid]
+
+# NamedTuple's generated __new__ is a Python function; the parser builds the tuple directly.
+_new_packet = tuple.__new__
 
 
 def key_family(key: bytes) -> int:
@@ -227,7 +230,9 @@ def parse_ip(buf: bytes, ts: float, offset: int = 0) -> ParseResult:
     options = ""
     if flags & SYN:
         options = options_fingerprint(buf, l4 + 20, min(l4 + doff, size))
-    return Packet(ts, key, flags, seq, ack, window, ttl, ip_id, df, payload_len, options)
+    return _new_packet(
+        Packet, (ts, key, flags, seq, ack, window, ttl, ip_id, df, payload_len, options)
+    )
 
 
 def flag_names(flags: int) -> str:

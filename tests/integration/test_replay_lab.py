@@ -1,0 +1,171 @@
+"""Real traffic through the real sampling rules, judged by the real ``resetwatch replay``.
+
+One lab, one NFLOG capture for every scenario (a module fixture: the deadlines the replay waits
+out are paid once), then one parametrized test per scenario asserting its record exactly. The
+scenarios and their expected verdicts live in `tests.lab.scenarios`, shared with
+`tests.lab.make_fixtures`, which saves such a capture for the root-free unit suite.
+
+Needs root (namespaces, iptables), iproute2, iptables, tcpdump, curl, hping3, zmap and scapy;
+skips with the reason otherwise.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import ipaddress
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from tests.lab import Lab, list_namespaces
+from tests.lab.netns import PREFIX, cleanup_stale
+from tests.lab.scenarios import (
+    BY_SPORT,
+    SCENARIOS,
+    Run,
+    Scenario,
+    check,
+    replay,
+    run_scenarios,
+    wire_by_sport,
+)
+from tests.lab.traffic import HTTP_PORT, http_get, start_server
+
+TOOLS = ("ip", "iptables", "ip6tables", "tcpdump", "curl", "hping3", "zmap")
+
+
+def _skip_reason() -> str:
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return "needs root (network namespaces, iptables rules, NFLOG)"
+    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    if importlib.util.find_spec("scapy") is None:
+        missing.append("python3-scapy")
+    if missing:
+        return f"missing tools for the namespace lab: {', '.join(missing)}"
+    return ""
+
+
+_REASON = _skip_reason()
+pytestmark = [pytest.mark.root, pytest.mark.skipif(bool(_REASON), reason=_REASON)]
+
+
+@dataclass
+class LabRun:
+    run: Run
+    records: dict[int, dict[str, Any]]
+    summary: dict[str, Any]
+    wire: dict[int, list[str]]
+    routes: dict[str, list[dict[str, Any]]]
+    lab_nets: list[str]
+    replay_seconds: float
+
+
+@pytest.fixture(scope="module")
+def lab_run(tmp_path_factory: pytest.TempPathFactory) -> LabRun:
+    tmp = tmp_path_factory.mktemp("replay_lab")
+    with Lab(tag="replay") as lab:
+        run = run_scenarios(lab, tmp / "mixed.pcap")
+        routes = {role: lab.routes(role) for role in lab.namespaces}
+        nets = [net for link in lab.links for net in (link.net4, link.net6)]
+    began = time.monotonic()
+    records, summary = replay(run.capture, tmp / "records.jsonl")
+    return LabRun(
+        run,
+        records,
+        summary,
+        wire_by_sport(run.capture),
+        routes,
+        nets,
+        time.monotonic() - began,
+    )
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.id)
+def test_scenario_verdict(lab_run: LabRun, scenario: Scenario) -> None:
+    record = lab_run.records.get(scenario.sport)
+    problems = check(scenario, record)
+    logged = " ".join(lab_run.wire.get(scenario.sport, [])) or "nothing"
+    assert not problems, f"{scenario.name}: {problems}; logged packets (flags/ttl): {logged}"
+
+
+def test_every_flow_is_a_scenario(lab_run: LabRun) -> None:
+    """Nothing but the scenarios' own connections was sampled and logged: no stray traffic
+    reached the server, and no scenario produced two flows."""
+    assert set(lab_run.records) == set(BY_SPORT)
+    assert set(lab_run.wire) == set(BY_SPORT)
+
+
+def test_summary_counts_match_records(lab_run: LabRun) -> None:
+    counts = lab_run.summary["result"]["meta"]["counts"]
+    judged = [s for s in SCENARIOS if not s.expect.excluded]
+    assert counts["classified"] == len(judged)
+    assert counts["excluded"]["truncated"] == len(SCENARIOS) - len(judged)
+    for category in ("post_syn", "post_ack", "post_psh", "later_in_flow", "no_match"):
+        want = sum(1 for s in judged if s.expect.category == category)
+        assert counts["categories"][category] == want, category
+
+
+def test_capture_holds_at_most_ten_packets_per_flow(lab_run: LabRun) -> None:
+    """The connbytes rule stops logging after 10 ingress packets (the ongoing scenario sends
+    more), and every logged packet reached the capture."""
+    assert max(len(packets) for packets in lab_run.wire.values()) == 10
+    assert lab_run.run.packets == sum(len(p) for p in lab_run.wire.values())
+
+
+def test_lab_namespaces_have_only_lab_routes(lab_run: LabRun) -> None:
+    """Traffic safety: no namespace had a default route or a route outside the lab's subnets
+    (IPv6 link-local aside), so nothing a test sends can leave the lab."""
+    allowed = [ipaddress.ip_network(n) for n in [*lab_run.lab_nets, "fe80::/64"]]
+    for role, routes in lab_run.routes.items():
+        for route in routes:
+            assert route["dst"] != "default", (role, route)
+            net = ipaddress.ip_network(route["dst"], strict=False)
+            assert any(net.version == a.version and net.subnet_of(a) for a in allowed), (
+                role,
+                route,
+            )
+
+
+def test_lab_removes_namespaces_and_processes_on_error() -> None:
+    with pytest.raises(RuntimeError, match="boom"), Lab(tag="err") as lab:
+        names = list(lab.namespaces.values())
+        proc = lab.popen("server", ["sleep", "30"])
+        raise RuntimeError("boom")
+    assert proc.poll() is not None
+    assert not set(names) & set(list_namespaces())
+
+
+def test_cleanup_stale_removes_only_dead_runs_namespaces() -> None:
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = f"{PREFIX}{dead.pid}-deadbe-client"
+    subprocess.run(["ip", "netns", "add", stale], check=True)
+    try:
+        with Lab(tag="live") as lab:
+            removed = cleanup_stale()
+            assert stale in removed
+            assert set(lab.namespaces.values()) <= set(list_namespaces())
+    finally:
+        subprocess.run(["ip", "netns", "del", stale], check=False, capture_output=True)
+    assert stale not in list_namespaces()
+
+
+def test_middlebox_lab_forwards_both_families() -> None:
+    with Lab(middlebox=True, tag="mb") as lab:
+        start_server(lab)
+        assert lab.mb_client4 and lab.mb_server6
+        assert http_get(lab, lab.server4, HTTP_PORT, 43001) == "200"
+        assert http_get(lab, lab.server6, HTTP_PORT, 43002) == "200"
+        hops = lab.run("client", ["ip", "route", "get", lab.server4]).stdout
+        assert f"via {lab.mb_client4}" in hops
+
+
+def test_traffic_helpers_refuse_addresses_outside_the_lab() -> None:
+    with Lab(tag="fence") as lab:
+        for addr in ("192.0.2.1", "2001:db8::1", "127.0.0.1"):
+            with pytest.raises(Exception, match="not an address of this lab"):
+                http_get(lab, addr, HTTP_PORT, 43003)
