@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
@@ -35,14 +36,13 @@ LOOP_WAKE = 1.0
 class PacketSource(Protocol):
     """What the daemon needs of a packet source (nflog.NflogSource, or a test double)."""
 
-    packets: int
-    enobufs: int
-    seq_gaps: int
+    def packets(self, timeout: float) -> Iterator[ParseResult]:
+        """Wait up to `timeout` for a batch, yield its packets (consumed fully)."""
+        ...
 
-    def read(self, timeout: float) -> list[ParseResult]: ...
-
-    @property
-    def receive_buffer(self) -> int: ...
+    def stats(self) -> dict[str, int]:
+        """Counters by name: packets, seq_gaps, enobufs, buffer_grows, rcvbuf_bytes, ..."""
+        ...
 
     def close(self) -> None: ...
 
@@ -53,9 +53,7 @@ SourceFactory = Callable[[Config, Callable[[], float]], PacketSource]
 def open_nflog(config: Config, clock: Callable[[], float]) -> PacketSource:
     from .nflog import NflogSource
 
-    return NflogSource(
-        group=config.nflog_group, clock=clock, buffer_max=config.nflog_buffer_max
-    )
+    return NflogSource(config.nflog_group, clock=clock, rcvbuf_max=config.nflog_buffer_max)
 
 
 def rule_spec(config: Config) -> RuleSpec:
@@ -208,27 +206,31 @@ class Agent:
         """One pass of the loop: read a batch (or wait up to `timeout`), then housekeeping."""
         source = self.source
         assert source is not None
-        items = source.read(timeout)
         engine = self.engine
-        if items:
-            self._last_packet = self.clock()
-            feed = engine.feed
-            for item in items:
-                if type(item) is Packet:
-                    feed(item)
-                else:
-                    assert isinstance(item, Invalid)
-                    self.health.invalid[item] += 1
+        feed = engine.feed
+        invalid = self.health.invalid
+        received = False
+        for item in source.packets(timeout):
+            received = True
+            if type(item) is Packet:
+                feed(item)
+            else:
+                assert isinstance(item, Invalid)
+                invalid[item] += 1
         now = self.clock()
+        if received:
+            self._last_packet = now
         engine.sweep(now)
         health = self.health
         table_stats = engine.table.stats
         health.flows_started = table_stats.started
         health.late_packets = table_stats.late_packets
-        health.nflog_packets = source.packets
-        health.nflog_lost["enobufs"] = source.enobufs
-        health.nflog_lost["seq_gap"] = source.seq_gaps
-        health.nflog_buffer_bytes = source.receive_buffer
+        stats = source.stats()
+        health.nflog_packets = stats["packets"]
+        health.nflog_lost["seq_gap"] = stats["seq_gaps"]
+        health.nflog_lost["bad_message"] = stats["truncated_messages"]
+        health.nflog_overruns = stats["enobufs"]
+        health.nflog_buffer_bytes = stats["rcvbuf_bytes"]
         if self._writer is not None:
             self._writer.flush()
         if self.backend is not None and now >= self._next_rules_check:

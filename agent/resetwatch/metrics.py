@@ -27,8 +27,9 @@ from .packet import Invalid
 
 FAMILIES = ("4", "6")
 NFLOG_LOSS_REASONS = {
-    "enobufs": "The socket's receive buffer overflowed (ENOBUFS): the kernel dropped messages.",
-    "seq_gap": "Packets missing between NFLOG sequence numbers.",
+    "seq_gap": "Packets missing between NFLOG sequence numbers (dropped by the kernel when the "
+    "receive buffer overflowed).",
+    "bad_message": "Packets in netlink messages too damaged to read.",
 }
 
 
@@ -70,6 +71,7 @@ class AgentHealth:
     nflog_packets: int = 0
     nflog_lost: dict[str, int] = field(default_factory=lambda: dict.fromkeys(NFLOG_LOSS_REASONS, 0))
     nflog_buffer_bytes: int = 0
+    nflog_overruns: int = 0
     invalid: dict[Invalid, int] = field(default_factory=lambda: {r: 0 for r in Invalid})
     rules_present: bool = False
     rules_managed: bool = True
@@ -159,6 +161,12 @@ class AgentCollector(Collector):
         for loss in NFLOG_LOSS_REASONS:
             m.add_metric([loss], health.nflog_lost.get(loss, 0))
         yield m
+        yield CounterMetricFamily(
+            "resetwatch_nflog_overruns",
+            "Times the NFLOG receive buffer overflowed (ENOBUFS); each grows the buffer up to "
+            "nflog_buffer_max. The packets lost are counted in resetwatch_nflog_lost_total.",
+            value=health.nflog_overruns,
+        )
         yield GaugeMetricFamily(
             "resetwatch_nflog_receive_buffer_bytes",
             "Size of the NFLOG socket's receive buffer (grows on overflow up to a limit).",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,20 +37,20 @@ class ScriptedSource:
     def __init__(self, batches: list[list[ParseResult]], clock: FakeClock) -> None:
         self.batches = batches
         self.clock = clock
-        self.packets = 0
-        self.enobufs = 0
-        self.seq_gaps = 0
-        self.receive_buffer = 8 << 20
+        self.received = 0
         self.closed = False
 
-    def read(self, timeout: float) -> list[ParseResult]:
+    def packets(self, timeout: float) -> Iterator[ParseResult]:
         self.clock.now += 1.0
         if not self.batches:
-            return []
-        batch = [p._replace(ts=self.clock.now) if not isinstance(p, Invalid) else p
-                 for p in self.batches.pop(0)]
-        self.packets += len(batch)
-        return batch
+            return
+        for p in self.batches.pop(0):
+            self.received += 1
+            yield p if isinstance(p, Invalid) else p._replace(ts=self.clock.now)
+
+    def stats(self) -> dict[str, int]:
+        return {"packets": self.received, "seq_gaps": 0, "truncated_messages": 0,
+                "enobufs": 0, "rcvbuf_bytes": 8 << 20}
 
     def close(self) -> None:
         self.closed = True
