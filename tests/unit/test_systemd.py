@@ -1,0 +1,170 @@
+"""The systemd unit and the notify protocol, against a real AF_UNIX datagram socket."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from resetwatch.config import Config
+from resetwatch.daemon import Agent
+from resetwatch.notify import Notifier
+from resetwatch.packet import ParseResult
+
+ROOT = Path(__file__).resolve().parents[2]
+UNIT = ROOT / "systemd" / "resetwatch.service"
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
+    path = str(tmp_path / "notify")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(5)
+    yield sock, path
+    sock.close()
+
+
+def messages(sock: socket.socket) -> list[str]:
+    out = []
+    timeout = sock.gettimeout()
+    sock.setblocking(False)
+    try:
+        while True:
+            out.append(sock.recv(4096).decode())
+    except BlockingIOError:
+        pass
+    finally:
+        sock.settimeout(timeout)
+    return out
+
+
+class IdleSource:
+    """No traffic; `stuck` makes the next read block, as a wedged loop would."""
+
+    def __init__(self) -> None:
+        self.stuck = threading.Event()
+        self.release = threading.Event()
+        self.closed = False
+
+    def packets(self, timeout: float) -> Iterator[ParseResult]:
+        if self.stuck.is_set():
+            self.release.wait(10)
+        return iter(())
+
+    def stats(self) -> dict[str, int]:
+        return {"packets": 0, "seq_gaps": 0, "truncated_messages": 0, "enobufs": 0,
+                "rcvbuf_bytes": 0}
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 1.0  # every look at the clock is a second later: each step pings
+        return self.now
+
+
+def make_agent(path: str, source: IdleSource) -> Agent:
+    env = {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "2000000"}
+    return Agent(Config(listen="127.0.0.1:0", no_rules=True), clock=Clock(),
+                 notifier=Notifier(env), open_source=lambda c, k: source)
+
+
+def test_ready_only_after_start_then_watchdog_then_stopping(notify_socket) -> None:
+    sock, path = notify_socket
+    source = IdleSource()
+    agent = make_agent(path, source)
+    assert messages(sock) == []  # nothing before the socket is bound and rules are in
+    agent.start()
+    ready = messages(sock)
+    assert len(ready) == 1 and ready[0].startswith("READY=1\nSTATUS=")
+    agent.step(0)
+    agent.step(0)
+    pings = [m for m in messages(sock) if m == "WATCHDOG=1"]
+    assert len(pings) == 2
+    agent.stop()
+    assert messages(sock)[0].startswith("STOPPING=1")
+
+
+def test_watchdog_pings_stop_when_the_loop_is_stuck(notify_socket) -> None:
+    sock, path = notify_socket
+    source = IdleSource()
+    agent = make_agent(path, source)
+    agent.start()
+    messages(sock)
+    source.stuck.set()
+    worker = threading.Thread(target=agent.step, args=(0,))
+    worker.start()
+    worker.join(0.5)
+    assert worker.is_alive()
+    assert "WATCHDOG=1" not in messages(sock)
+    source.release.set()
+    worker.join(10)
+    assert "WATCHDOG=1" in messages(sock)
+    agent.stop()
+
+
+def test_notifier_is_a_no_op_outside_systemd() -> None:
+    notifier = Notifier({})
+    assert not notifier.enabled
+    assert notifier.send("READY=1") is False
+
+
+def test_sigterm_sends_stopping_and_exits_zero(notify_socket, tmp_path: Path) -> None:
+    """The real `resetwatch run` process, with a test source: SIGTERM -> STOPPING=1, exit 0."""
+    sock, path = notify_socket
+    script = tmp_path / "agent.py"
+    script.write_text(
+        "import sys\n"
+        "from resetwatch.config import Config\n"
+        "from resetwatch.daemon import Agent\n"
+        "class Idle:\n"
+        "    def packets(self, timeout):\n"
+        "        import time; time.sleep(min(timeout, 0.2)); return iter(())\n"
+        "    def stats(self):\n"
+        "        return dict(packets=0, seq_gaps=0, truncated_messages=0, enobufs=0,"
+        " rcvbuf_bytes=0)\n"
+        "    def close(self): pass\n"
+        "agent = Agent(Config(listen='127.0.0.1:0', no_rules=True),"
+        " open_source=lambda c, k: Idle())\n"
+        "sys.exit(agent.run())\n"
+    )
+    env = {**os.environ, "NOTIFY_SOCKET": path, "PYTHONPATH": str(ROOT / "agent")}
+    proc = subprocess.Popen([sys.executable, str(script)], env=env)
+    try:
+        assert sock.recv(4096).decode().startswith("READY=1")
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0
+        assert any(m.startswith("STOPPING=1") for m in messages(sock))
+    finally:
+        proc.kill()
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
+def test_unit_verifies_and_rates_ok(tmp_path: Path) -> None:
+    # Point ExecStart at this checkout's console script: verify checks that it exists.
+    binary = shutil.which("resetwatch") or sys.executable
+    unit = tmp_path / "resetwatch.service"
+    unit.write_text(UNIT.read_text().replace("/opt/resetwatch/bin/resetwatch", binary))
+    verify = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
+                            text=True)
+    print(verify.stdout, verify.stderr)
+    assert verify.returncode == 0, verify.stderr
+    security = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(unit)],
+                              capture_output=True, text=True)
+    print(security.stdout[-400:])
+    last = [line for line in security.stdout.splitlines() if "Overall exposure" in line][0]
+    level = last.split(":")[1].split()
+    assert float(level[0]) < 5.0 and level[1] in ("OK", "SAFE"), last
