@@ -165,6 +165,6 @@ def test_unit_verifies_and_rates_ok(tmp_path: Path) -> None:
     security = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(unit)],
                               capture_output=True, text=True)
     print(security.stdout[-400:])
-    last = [line for line in security.stdout.splitlines() if "Overall exposure" in line][0]
+    last = next(line for line in security.stdout.splitlines() if "Overall exposure" in line)
     level = last.split(":")[1].split()
     assert float(level[0]) < 5.0 and level[1] in ("OK", "SAFE"), last
