@@ -116,7 +116,7 @@ class Verdict(NamedTuple):
     """In the order of the `Tag` enum."""
 
 
-_TAG_ORDER = {tag: index for index, tag in enumerate(Tag)}
+_new_verdict = tuple.__new__
 _STAGE_CATEGORY = {
     Stage.POST_SYN: Category.POST_SYN,
     Stage.POST_ACK: Category.POST_ACK,
@@ -176,30 +176,35 @@ def _reset_tags(flow: Flow, tags: list[Tag]) -> None:
             tags.append(Tag.ACKNUMSAME0 if zero else Tag.ACKNUMSAME)
         else:
             tags.append(Tag.ACKNUMDIFF0 if zero else Tag.ACKNUMDIFF)
-    if any(not flow.has_ttl(r.ttl) for r in resets):
-        tags.append(Tag.TTL_MISMATCH)
 
 
-def _syn_tags(flow: Flow, tags: list[Tag]) -> None:
+def _zmap_tag(flow: Flow) -> Optional[Tag]:
     syn = flow.syn
-    if syn is None or flow.family != 4 or syn.window != ZMAP_WINDOW:
-        return
+    if syn is None or len(flow.key) != 12 or syn.window != ZMAP_WINDOW:
+        return None
     if flow.syn_ipid == ZMAP_IP_ID:
-        tags.append(Tag.ZMAP)
-    elif not syn.df and syn.ack == 0 and _unpadded(syn.options) in ZMAP_MODERN_OPTIONS:
-        tags.append(Tag.ZMAP_MODERN)
+        return Tag.ZMAP
+    if not syn.df and syn.ack == 0 and _unpadded(syn.options) in ZMAP_MODERN_OPTIONS:
+        return Tag.ZMAP_MODERN
+    return None
 
 
 def classify(flow: Flow) -> Verdict:
     """The verdict on a finished flow."""
     stage = stage_of(flow)
     outcome = outcome_of(flow)
+    # Tags are appended in the order of the Tag enum (a test checks), so no sort is needed.
     tags: list[Tag] = []
     if outcome is Outcome.RESET:
         tags.append(Tag.RESET)
         _reset_tags(flow, tags)
     elif outcome is Outcome.TIMEOUT:
         tags.append(Tag.TIMEOUT)
-    _syn_tags(flow, tags)
-    tags.sort(key=_TAG_ORDER.__getitem__)
-    return Verdict(stage, outcome, category_of(stage, outcome), tuple(tags))
+    zmap = _zmap_tag(flow)
+    if zmap is Tag.ZMAP:
+        tags.append(zmap)
+    if outcome is Outcome.RESET and any(not flow.has_ttl(r.ttl) for r in flow.resets or ()):
+        tags.append(Tag.TTL_MISMATCH)
+    if zmap is Tag.ZMAP_MODERN:
+        tags.append(zmap)
+    return _new_verdict(Verdict, (stage, outcome, category_of(stage, outcome), tuple(tags)))

@@ -159,7 +159,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.format == "json":
         meta = {
             "files": [str(f) for f in args.files],
-            "packets": engine.packets,
+            "packets": stats.packets,
             "records": stats.records,
             "egressSkipped": stats.egress,
             "invalidPackets": invalid,
@@ -172,7 +172,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     else:
         extra = [
             ("files", str(stats.files)),
-            ("packets", f"{engine.packets:,}"),
+            ("packets", f"{stats.packets:,}"),
         ]
         if args.server:
             extra.append(("egress skipped", f"{stats.egress:,}"))
@@ -267,11 +267,19 @@ def _add_run(sub: Any) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     import logging
 
+    from .config import Config, ConfigError
     from .daemon import Agent, StartError
+
+    def reload() -> Config:
+        # The agent keeps running on a ConfigError; a UsageError would end it.
+        try:
+            return _config_from(args)  # type: ignore[no-any-return]
+        except UsageError as error:
+            raise ConfigError(str(error)) from None
 
     config = _config_from(args)
     logging.basicConfig(level=logging.INFO, format="resetwatch: %(message)s")
-    agent = Agent(config, reload=lambda: _config_from(args))
+    agent = Agent(config, reload=reload)
     try:
         return agent.run()
     except StartError as error:

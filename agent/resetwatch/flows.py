@@ -49,32 +49,34 @@ class Reset(NamedTuple):
     ttl: int
 
 
-# Flow.marks bits.
+# Flow.marks bits (one int instead of several slots: a flow is held by the hundred thousand).
 ESTABLISHED = 1  # some packet had ACK set and neither SYN nor RST
 FIN_SEEN = 2  # some packet had FIN set
 SYN_REPEATED = 4  # a second SYN with the first one's sequence number arrived
+DATA_ONE = 8  # a data packet (PSH, neither SYN nor RST) arrived
+DATA_MORE = 16  # a second data packet arrived (the count saturates: stages need 0, 1, 2+)
 
 # Shared int objects, so that a flow holding common values costs a pointer, not a new int.
 _TTL_BITS = tuple(1 << ttl for ttl in range(256))
 _U16_INTS = tuple(range(65536))
-_SIGNATURES: dict[SynSignature, SynSignature] = {}
+# Keyed by plain tuples (equal to the NamedTuples they map to) so a lookup builds no object.
+_SIGNATURES: dict[tuple[int, int, bool, int, str], SynSignature] = {}
 _SIGNATURES_MAX = 4096
 
 
-def _shared_signature(sig: SynSignature) -> SynSignature:
-    shared = _SIGNATURES.get(sig)
-    if shared is not None:
-        return shared
+def _share_signature(fields: tuple[int, int, bool, int, str]) -> SynSignature:
+    """A new signature, kept for sharing while the cache has room (a flood of random
+    windows must not grow it without bound)."""
+    signature = SynSignature(*fields)
     if len(_SIGNATURES) < _SIGNATURES_MAX:
-        _SIGNATURES[sig] = sig
-    return sig
+        _SIGNATURES[signature] = signature
+    return signature
 
 
 class Flow:
     """What the table knows of one sampled connection: an order-free summary of its packets."""
 
     __slots__ = (
-        "data_packets",
         "first_ts",
         "key",
         "last_ts",
@@ -95,58 +97,63 @@ class Flow:
     syn_ipid: int
     syn: Optional[SynSignature]
     marks: int
-    data_packets: int
     ttls: int
     resets: Optional[tuple[Reset, ...]]
 
     def __init__(self, packet: Packet) -> None:
-        self.key = packet.key
-        self.first_ts = self.last_ts = packet.ts
+        ts, key, flags, seq, ack, window, ttl, ip_id, df, _, options = packet
+        self.key = key
+        self.first_ts = self.last_ts = ts
         self.packets = 0
         self.syn_seq = None
         self.syn_ipid = 0
         self.syn = None
         self.marks = 0
-        self.data_packets = 0
         self.ttls = 0
         self.resets = None
-        if packet.flags & (SYN | ACK) == SYN:
-            self.syn_seq = packet.seq
-            self.syn_ipid = _U16_INTS[packet.ip_id]
-            self.syn = _shared_signature(
-                SynSignature(
-                    packet.ttl, _U16_INTS[packet.window], packet.df, packet.ack, packet.options
-                )
-            )
+        if flags & (SYN | ACK) == SYN:
+            self.syn_seq = seq
+            self.syn_ipid = _U16_INTS[ip_id]
+            signature = (ttl, _U16_INTS[window], df, ack, options)
+            self.syn = _SIGNATURES.get(signature) or _share_signature(signature)
         self.absorb(packet)
 
     def absorb(self, packet: Packet) -> None:
         """Add one packet to the summary. Every update commutes with every other."""
+        # One unpack instead of many attribute reads: this runs for every packet.
+        ts, _, flags, _, ack, _, ttl, _, _, _, _ = packet
         self.packets += 1
-        ts = packet.ts
-        if ts < self.first_ts:
-            self.first_ts = ts
-        elif ts > self.last_ts:
+        if ts > self.last_ts:
             self.last_ts = ts
-        flags = packet.flags
+        elif ts < self.first_ts:
+            self.first_ts = ts
+        marks = self.marks
         if flags & RST:
-            reset = Reset(bool(flags & ACK), packet.ack, packet.ttl)
+            reset = Reset(bool(flags & ACK), ack, ttl)
             self.resets = (reset,) if self.resets is None else (*self.resets, reset)
         else:
-            bit = _TTL_BITS[packet.ttl]
-            if not self.ttls & bit:
-                self.ttls = self.ttls | bit if self.ttls else bit
+            bit = _TTL_BITS[ttl]
+            ttls = self.ttls
+            if not ttls & bit:
+                self.ttls = ttls | bit if ttls else bit
             if not flags & SYN:
                 if flags & ACK:
-                    self.marks |= ESTABLISHED
+                    marks |= ESTABLISHED
                 if flags & PSH:
-                    self.data_packets += 1
+                    marks |= DATA_MORE if marks & DATA_ONE else DATA_ONE
         if flags & FIN:
-            self.marks |= FIN_SEEN
+            marks |= FIN_SEEN
+        self.marks = marks
 
     @property
     def family(self) -> int:
         return key_family(self.key)
+
+    @property
+    def data_packets(self) -> int:
+        """Packets with PSH and neither SYN nor RST, counted up to 2 (all a stage needs)."""
+        marks = self.marks
+        return 2 if marks & DATA_MORE else 1 if marks & DATA_ONE else 0
 
     @property
     def closing(self) -> bool:
@@ -216,31 +223,34 @@ class FlowTable:
 
     def add(self, packet: Packet) -> None:
         """Feed one ingress packet of a sampled connection."""
-        key = packet.key
         flows = self._flows
-        flow = flows.pop(key, None)
-        is_syn = packet.flags & (SYN | ACK) == SYN
+        flow = flows.pop(packet[1], None)
+        flags = packet[2]
+        is_syn = flags & (SYN | ACK) == SYN
         if flow is None:
             if not is_syn:
                 self._stray(packet)
                 return
             self._start(packet)
             return
-        if is_syn and packet.seq != flow.syn_seq:
+        if is_syn and packet[3] != flow.syn_seq:
             # Port reuse: a new connection on the same ports.
             self._end(flow, None if flow.closing else Exclusion.SUPERSEDED)
             self._start(packet)
             return
-        was_closing = flow.closing
+        # Only a RST or FIN can start the close linger; test the others cheaply.
+        starts_closing = flags & (RST | FIN) and not flow.closing
         flow.absorb(packet)
         if is_syn:
             flow.marks |= SYN_REPEATED
         if flow.packets >= MAX_PACKETS:
             self._end(flow, None)
             return
-        flows[key] = flow
-        if not was_closing and flow.closing:
-            self._closing.append((packet.ts + self.close_linger, flow))
+        # Re-insert under the flow's own key object: the packet's equal copy would cost a
+        # second bytes object per flow for as long as the flow is held.
+        flows[flow.key] = flow
+        if starts_closing:
+            self._closing.append((packet[0] + self.close_linger, flow))
 
     def sweep(self, now: float, budget: int = 1024) -> int:
         """Judge flows whose close linger or idle timeout has passed by `now`.

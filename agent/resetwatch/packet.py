@@ -25,6 +25,11 @@ ECE = 0x40
 CWR = 0x80
 
 _IPV4 = struct.Struct("!BxHHHBB")  # version/ihl, total length, id, flags/fragment, ttl, proto
+# The common shapes in one unpack each: IPv4 with a 20-byte header, IPv6 with TCP right after
+# the fixed header. Addresses and ports are adjacent on the wire there, so the flow key is one
+# field.
+_IPV4_TCP = struct.Struct("!2xHHHBB2x12sIIHH")
+_IPV6_TCP = struct.Struct("!4xH2xB36sIIHH")
 _IPV6 = struct.Struct("!HBB")  # payload length, next header, hop limit
 _TCP = struct.Struct("!4xIIHH")  # seq, ack, data offset/flags, window
 _U16 = struct.Struct("!H")
@@ -168,7 +173,38 @@ def parse_ip(buf: bytes, ts: float, offset: int = 0) -> ParseResult:
     size = len(buf)
     if size - offset < 1:
         return Invalid.TRUNCATED
-    version = buf[offset] >> 4
+    first = buf[offset]
+    if first == 0x45 and size - offset >= 40:
+        total_len, ip_id, frag, ttl, proto, key, seq, ack, off_flags, window = (
+            _IPV4_TCP.unpack_from(buf, offset)
+        )
+        if proto == _IPPROTO_TCP and not frag & 0x1FFF:
+            doff = (off_flags >> 12) * 4
+            payload_len = total_len - 20 - doff
+            if doff >= 20 and payload_len >= 0:
+                flags = off_flags & 0xFF
+                options = ""
+                if flags & SYN:
+                    options = options_fingerprint(buf, offset + 40, min(offset + 20 + doff, size))
+                return _new_packet(
+                    Packet,
+                    (ts, key, flags, seq, ack, window, ttl, ip_id, bool(frag & 0x4000),
+                     payload_len, options),
+                )
+    elif first >> 4 == 6 and size - offset >= 60 and buf[offset + 6] == _IPPROTO_TCP:
+        payload_len6, ttl, key, seq, ack, off_flags, window = _IPV6_TCP.unpack_from(buf, offset)
+        doff = (off_flags >> 12) * 4
+        payload_len = payload_len6 - doff
+        if doff >= 20 and payload_len >= 0:
+            flags = off_flags & 0xFF
+            options = ""
+            if flags & SYN:
+                options = options_fingerprint(buf, offset + 60, min(offset + 40 + doff, size))
+            return _new_packet(
+                Packet, (ts, key, flags, seq, ack, window, ttl, 0, False, payload_len, options)
+            )
+    # Everything else, including every malformed packet, takes the general path.
+    version = first >> 4
     if version == 4:
         if size - offset < 20:
             return Invalid.TRUNCATED

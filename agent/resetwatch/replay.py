@@ -58,6 +58,8 @@ class ReplayStats:
     def __init__(self) -> None:
         self.files = 0
         self.records = 0
+        self.packets = 0
+        """Valid ingress packets fed to the engine."""
         self.egress = 0
         self.clock = 0.0
         self.errors: list[str] = []
@@ -79,31 +81,38 @@ def replay(
     clock = float("-inf")
     countdown = SWEEP_EVERY
     feed = engine.feed
+    count_invalid = engine.count_invalid
     try:
         for path in paths:
             stats.files += 1
+            records = packets = egress = 0
             try:
-                items = read_packets(path)
-                for item in items:
-                    stats.records += 1
+                for item in read_packets(path):
+                    records += 1
                     if type(item) is Packet:
-                        if is_ingress is not None and not is_ingress(item.key):
-                            stats.egress += 1
+                        if is_ingress is not None and not is_ingress(item[1]):
+                            egress += 1
                             continue
-                        if item.ts > clock:
-                            clock = item.ts
+                        ts = item[0]
+                        if ts > clock:
+                            clock = ts
                         feed(item)
+                        packets += 1
                         countdown -= 1
                         if not countdown:
                             countdown = SWEEP_EVERY
                             engine.sweep(clock, budget=1 << 30)
                     else:
                         assert isinstance(item, Invalid)
-                        engine.count_invalid(item)
+                        count_invalid(item)
             except CaptureError as error:
                 stats.errors.append(str(error))
             except OSError as error:
                 stats.errors.append(f"{os.fspath(path)}: {error.strerror or error}")
+            finally:
+                stats.records += records
+                stats.packets += packets
+                stats.egress += egress
     finally:
         stats.clock = clock if clock != float("-inf") else 0.0
         engine.drain(stats.clock)

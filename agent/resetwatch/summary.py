@@ -52,12 +52,13 @@ class Summary:
         self.last_ts: Optional[float] = None
 
     def judged(self, flow: Flow, verdict: Verdict) -> None:
-        self.categories[verdict.category] += 1
-        self.outcomes[verdict.stage, verdict.outcome] += 1
-        self.families[flow.family] += 1
-        for tag in verdict.tags:
+        stage, outcome, category, tags = verdict
+        self.categories[category] += 1
+        self.outcomes[stage, outcome] += 1
+        self.families[4 if len(flow.key) == 12 else 6] += 1
+        for tag in tags:
             self.tags[tag] += 1
-            self.category_tags[verdict.category, tag] += 1
+            self.category_tags[category, tag] += 1
         self._span(flow)
 
     def excluded(self, flow: Flow, reason: Exclusion) -> None:

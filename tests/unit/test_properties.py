@@ -94,3 +94,15 @@ def test_every_judged_flow_has_one_category_and_a_consistent_tag_tree(flow_packe
         verdict.outcome is Outcome.RESET
         or (verdict.outcome is Outcome.TIMEOUT and verdict.stage.value != "later")
     )
+
+
+@settings(max_examples=300, deadline=None)
+@given(flows)
+def test_tags_come_in_the_order_of_the_tag_enum(flow_packets) -> None:
+    syn, rest = flow_packets
+    flow = Flow(syn)
+    for p in rest:
+        flow.absorb(p)
+    order = list(Tag)
+    tags = classify(flow).tags
+    assert list(tags) == sorted(tags, key=order.index)
