@@ -21,6 +21,7 @@ from typing import IO, Any, Callable, Optional, Protocol
 from .config import Config, ConfigError, load
 from .engine import Engine, Sink
 from .metrics import AgentHealth, FlowCounts, build_registry
+from .nflog import NflogError
 from .notify import Notifier
 from .packet import Invalid, Packet, ParseResult
 from .records import RecordWriter
@@ -152,7 +153,7 @@ class Agent:
         self.engine.sinks = self._sinks()
         try:
             self.source = self._open_source(config, self.clock)
-        except OSError as error:
+        except (OSError, NflogError) as error:
             raise StartError(f"NFLOG group {config.nflog_group}: {error}") from None
         self.health.rules_managed = not config.no_rules
         if not config.no_rules:
@@ -188,9 +189,11 @@ class Agent:
             except StartError:
                 self.stop()
                 raise
-            while not self._stop:
-                self.step()
-            self.stop()
+            try:
+                while not self._stop:
+                    self.step()
+            finally:
+                self.stop()  # also when the loop fails: flows recorded, rules removed
             return 0
         finally:
             for sig, handler in previous.items():

@@ -368,9 +368,11 @@ def veth_pair(server: str, client: str, family: int) -> None:
         sh(namespace, "ip", "link", "set", "lo", "up")
 
 
-def connect(server: str, client: str, family: int, rounds: int) -> None:
+def connect(
+    server: str, client: str, family: int, rounds: int, address: Optional[str] = None
+) -> None:
     """One TCP connection from the client namespace to a listener in the server namespace."""
-    address = ADDRESSES[family][0]
+    address = address or ADDRESSES[family][0]
     listener = subprocess.Popen(
         ["ip", "netns", "exec", server, sys.executable, "-c", SERVER, address, str(PORT)],
         stdout=subprocess.PIPE,
@@ -468,16 +470,34 @@ def test_probability_one_labels_the_connection_and_logs_its_first_packets(
     assert labels[0] >> spec.label & 1, f"label bit {spec.label} not set: {labels[0]:#x}"
 
 
+@pytest.mark.parametrize("backend_name", ["iptables", "nft"])
+@pytest.mark.parametrize("family,loopback", [(4, "127.0.0.1"), (6, "::1")])
+def test_the_hosts_own_loopback_connections_are_never_sampled(
+    backend_name: str, family: int, loopback: str, make_netns: Callable[[], str]
+) -> None:
+    """Both directions of a loopback connection pass PREROUTING; neither is a client's."""
+    require(*tools(backend_name))
+    server = make_netns()
+    sh(server, "ip", "link", "set", "lo", "up")
+    backend = backend_in(backend_name, server)
+    backend.install(RuleSpec(probability=1.0, families=(family,)))
+    connect(server, server, family, rounds=3, address=loopback)
+    counters = packet_counters(backend_name, server, family)
+    assert counters[ID_SAMPLE] == 0
+    assert counters[ID_LOG] == 0
+
+
 # -- no kernel needed: the exact text fed to the tools, validation, error messages -----------
 
 IPTABLES_FAMILY_DEFAULTS = """\
 *mangle
 :RESETWATCH - [0:0]
 -F RESETWATCH
--A RESETWATCH -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -m conntrack --ctstate NEW \
+-A RESETWATCH ! -i lo -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -m conntrack --ctstate NEW \
 -m statistic --mode random --probability 0.0001 -m connlabel --label 7 --set \
 -m comment --comment "resetwatch:sample"
--A RESETWATCH -p tcp -m connlabel --label 7 -m connbytes ! --connbytes 11 \
+-A RESETWATCH -p tcp -m conntrack --ctdir ORIGINAL -m connlabel --label 7 \
+-m connbytes ! --connbytes 11 \
 --connbytes-mode packets --connbytes-dir original -m comment --comment "resetwatch:log" \
 -j NFLOG --nflog-prefix resetwatch --nflog-group 10 --nflog-size 128
 -I PREROUTING 1 -m comment --comment "resetwatch:jump" -j RESETWATCH
@@ -490,9 +510,9 @@ delete table inet resetwatch
 table inet resetwatch {
 \tchain prerouting {
 \t\ttype filter hook prerouting priority mangle; policy accept;
-\t\ttcp flags & (fin | syn | rst | ack) == syn ct state new numgen random mod 10000 == 0 \
-counter ct label set 7 comment "resetwatch:sample"
-\t\tmeta l4proto tcp ct label 7 ct original packets < 11 counter \
+\t\tiifname != "lo" tcp flags & (fin | syn | rst | ack) == syn ct state new \
+numgen random mod 10000 == 0 counter ct label set 7 comment "resetwatch:sample"
+\t\tmeta l4proto tcp ct direction original ct label 7 ct original packets < 11 counter \
 log prefix "resetwatch" group 10 snaplen 128 comment "resetwatch:log"
 \t}
 }

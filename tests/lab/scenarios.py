@@ -289,11 +289,16 @@ def _sleep_until(deadline: float) -> None:
         time.sleep(delay)
 
 
-def run_scenarios(lab: Lab, capture: Path, scenarios: Sequence[Scenario] = SCENARIOS) -> Run:
-    """Start the server and the sampling rules in `lab`, capture NFLOG while every scenario
-    runs, and return once the capture file is complete."""
-    started = time.monotonic()
-    run = Run(capture=capture, packets=None)
+def run_traffic(
+    lab: Lab, run: Run, scenarios: Sequence[Scenario] = SCENARIOS, *, wait: bool = True
+) -> float:
+    """Run the scenarios' traffic phase by phase: "hang", "main", "forge" (every forgery in one
+    scapy process), then, once every deadline has passed (waited for only when `wait`),
+    "final". Stores what the helpers reported and each phase's duration in `run`, and returns
+    the time the final phase started (`time.monotonic`).
+
+    Observes nothing itself: the lab server must be running, and the caller watches the
+    server (an NFLOG capture in `run_scenarios`, or the live agent)."""
     phases = {p: [s for s in scenarios if s.phase == p] for p in ("hang", "main", "forge", "final")}
 
     def timed(phase: str, began: float) -> float:
@@ -307,30 +312,42 @@ def run_scenarios(lab: Lab, capture: Path, scenarios: Sequence[Scenario] = SCENA
             dst = lab.server_addr(scenario.family)
             run.results[scenario.sport] = scenario.action(lab, dst, scenario.sport)
 
-    start_server(lab)
-    install_sampling_rules(lab, "server", group=10)
-    mark = timed("setup", started)
-    with NflogCapture(lab, capture, "server", group=10) as cap:
-        mark = timed("capture_start", mark)
-        act("hang")
-        idle_deadline = time.monotonic() + IDLE_TIMEOUT_S + NFLOG_BATCH_S + MARGIN_S
-        mark = timed("hang", mark)
-        act("main")
-        mark = timed("main", mark)
-        if phases["forge"]:
-            forgeries = [
-                Forgery(lab.server_addr(s.family), s.port, s.sport, s.rsts, s.request)
-                for s in phases["forge"]
-            ]
-            for sent in forged_rsts(lab, forgeries):
-                run.results[sent["sport"]] = sent
-        mark = timed("forge", mark)
+    mark = time.monotonic()
+    act("hang")
+    idle_deadline = time.monotonic() + IDLE_TIMEOUT_S + NFLOG_BATCH_S + MARGIN_S
+    mark = timed("hang", mark)
+    act("main")
+    mark = timed("main", mark)
+    if phases["forge"]:
+        forgeries = [
+            Forgery(lab.server_addr(s.family), s.port, s.sport, s.rsts, s.request)
+            for s in phases["forge"]
+        ]
+        for sent in forged_rsts(lab, forgeries):
+            run.results[sent["sport"]] = sent
+    mark = timed("forge", mark)
+    if wait:
         linger_deadline = time.monotonic() + CLOSE_LINGER_S + NFLOG_BATCH_S + MARGIN_S
         _sleep_until(max(idle_deadline, linger_deadline))
         mark = timed("wait_deadlines", mark)
-        act("final")
+    act("final")
+    return mark
+
+
+def run_scenarios(lab: Lab, capture: Path, scenarios: Sequence[Scenario] = SCENARIOS) -> Run:
+    """Start the server and the sampling rules in `lab`, capture NFLOG while every scenario
+    runs, and return once the capture file is complete."""
+    started = time.monotonic()
+    run = Run(capture=capture, packets=None)
+    start_server(lab)
+    install_sampling_rules(lab, "server", group=10)
+    now = time.monotonic()
+    run.phase_seconds["setup"] = round(now - started, 3)
+    with NflogCapture(lab, capture, "server", group=10) as cap:
+        run.phase_seconds["capture_start"] = round(time.monotonic() - now, 3)
+        mark = run_traffic(lab, run, scenarios)
         time.sleep(NFLOG_BATCH_S + MARGIN_S)  # let the kernel flush the last NFLOG batch
-    timed("final", mark)
+    run.phase_seconds["final"] = round(time.monotonic() - mark, 3)
     run.packets = cap.packets
     run.seconds = round(time.monotonic() - started, 3)
     return run

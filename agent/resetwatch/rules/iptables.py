@@ -74,6 +74,8 @@ def sample_rules(spec: RuleSpec) -> list[list[str]]:
             args: list[str] = []
             if interface is not None:
                 args += ["-i", interface]
+            else:
+                args += ["!", "-i", "lo"]  # the host's own connections are not ingress
             args += ["-p", "tcp", "-m", "tcp", "--tcp-flags", "FIN,SYN,RST,ACK", "SYN"]
             if chunk is not None:
                 args += ["-m", "multiport", "--dports", ",".join(str(p) for p in chunk)]
@@ -92,10 +94,13 @@ def log_rule(spec: RuleSpec) -> list[str]:
     It carries no port or interface filter: the label already says the connection was chosen,
     and a sampled connection's later packets must be logged whatever path they take.
     `! --connbytes N` means "fewer than N packets so far"; conntrack counts the packet before
-    mangle sees it, so N = max_packets + 1 logs exactly the first max_packets.
+    mangle sees it, so N = max_packets + 1 logs exactly the first max_packets. Only the
+    original (client-to-server) direction: on loopback or on a forwarding host the replies
+    pass PREROUTING too, and they are not the client's packets.
     """
     return [
         "-p", "tcp",
+        "-m", "conntrack", "--ctdir", "ORIGINAL",
         "-m", "connlabel", "--label", str(spec.label),
         "-m", "connbytes", "!", "--connbytes", str(spec.packets_below),
         "--connbytes-mode", "packets", "--connbytes-dir", "original",

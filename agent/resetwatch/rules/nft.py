@@ -76,6 +76,8 @@ def sample_rule(spec: RuleSpec) -> str:
         parts.append(f"meta nfproto {_NFPROTO[spec.families[0]]}")
     if spec.in_interfaces:
         parts.append("iifname " + _nft_set([f'"{name}"' for name in _interfaces(spec)]))
+    else:
+        parts.append('iifname != "lo"')  # the host's own connections are not ingress
     if spec.dports:
         parts.append("tcp dport " + _nft_set([str(port) for port in spec.dports]))
     parts.append("tcp flags & (fin | syn | rst | ack) == syn ct state new")
@@ -87,11 +89,14 @@ def sample_rule(spec: RuleSpec) -> str:
 def log_rule(spec: RuleSpec) -> str:
     """The first max_packets ingress packets of a labelled connection go to NFLOG.
 
-    No port or interface filter: the label already marks the chosen connection. Conntrack has
+    No port or interface filter: the label already marks the chosen connection. Only the
+    original (client-to-server) direction: on loopback or on a forwarding host the replies
+    pass prerouting too, and they are not the client's packets. Conntrack has
     counted the packet before priority mangle, so `< max_packets + 1` logs the first ones.
     """
     return (
-        f"meta l4proto tcp ct label {spec.label} ct original packets < {spec.packets_below} "
+        f"meta l4proto tcp ct direction original ct label {spec.label} "
+        f"ct original packets < {spec.packets_below} "
         f'counter log prefix "{LOG_PREFIX}" group {spec.nflog_group} snaplen {spec.copy_range} '
         f'comment "{ID_LOG}"'
     )
@@ -112,6 +117,8 @@ def wanted_rules(spec: RuleSpec) -> list[tuple[str, str, list[Json]]]:
         sample.append(_match({"meta": {"key": "nfproto"}}, _NFPROTO[spec.families[0]]))
     if spec.in_interfaces:
         sample.append(_match({"meta": {"key": "iifname"}}, _json_set(_interfaces(spec))))
+    else:
+        sample.append(_match({"meta": {"key": "iifname"}}, "lo", "!="))
     if spec.dports:
         dport = {"payload": {"protocol": "tcp", "field": "dport"}}
         sample.append(_match(dport, _json_set(list(spec.dports))))
@@ -125,6 +132,7 @@ def wanted_rules(spec: RuleSpec) -> list[tuple[str, str, list[Json]]]:
     ]
     log: list[Json] = [
         _match({"meta": {"key": "l4proto"}}, "tcp"),
+        _match({"ct": {"key": "direction"}}, "original"),
         _match({"ct": {"key": "label"}}, spec.label, "in"),
         _match({"ct": {"key": "packets", "dir": "original"}}, spec.packets_below, "<"),
         {"counter": None},
