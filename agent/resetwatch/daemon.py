@@ -30,6 +30,9 @@ from .server import HttpServer
 
 log = logging.getLogger("resetwatch")
 
+GC_EVERY = 3600.0
+"""Seconds between full cyclic garbage collections (see Engine.sweep)."""
+
 LOOP_WAKE = 1.0
 """Longest the loop sleeps with no traffic (seconds): bounds stop latency and sweep lag."""
 
@@ -108,6 +111,7 @@ class Agent:
         self._last_packet = clock()
         self._next_rules_check = 0.0
         self._next_watchdog = 0.0
+        self._next_gc = clock() + GC_EVERY
 
     # ---- wiring -------------------------------------------------------------------------
 
@@ -242,6 +246,9 @@ class Agent:
         if self._reload:
             self._reload = False
             self.reload()
+        if now >= self._next_gc:
+            engine.collect_cycles()
+            self._next_gc = now + GC_EVERY
         self._last_loop = now
         if now >= self._next_watchdog:
             self.notifier.watchdog()

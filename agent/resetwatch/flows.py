@@ -10,12 +10,13 @@ hundred bytes. See docs/methodology.md for the rules.
 
 from __future__ import annotations
 
+import struct
 from collections import OrderedDict, deque
 from itertools import islice
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional, Union
 
 from .docenum import DocEnum
-from .packet import ACK, FIN, PSH, RST, SYN, Packet, key_family
+from .packet import ACK, CWR, ECE, FIN, PSH, RST, SYN, Packet, key_family
 
 MAX_PACKETS = 10
 """The kernel logs at most this many ingress packets of a sampled connection."""
@@ -59,18 +60,58 @@ DATA_MORE = 16  # a second data packet arrived (the count saturates: stages need
 # Shared int objects, so that a flow holding common values costs a pointer, not a new int.
 _TTL_BITS = tuple(1 << ttl for ttl in range(256))
 _U16_INTS = tuple(range(65536))
-# Keyed by plain tuples (equal to the NamedTuples they map to) so a lookup builds no object.
-_SIGNATURES: dict[tuple[int, int, bool, int, str], SynSignature] = {}
+# SYN signatures seen, shared between flows and numbered for packed SYNs (below). Bounded: a
+# flood of random windows must not grow it; beyond it flows keep signatures of their own.
+_SIGNATURE_LIST: list[SynSignature] = []
+_SIGNATURE_INDEX: dict[tuple[int, int, bool, int, str], int] = {}
 _SIGNATURES_MAX = 4096
 
 
-def _share_signature(fields: tuple[int, int, bool, int, str]) -> SynSignature:
-    """A new signature, kept for sharing while the cache has room (a flood of random
-    windows must not grow it without bound)."""
-    signature = SynSignature(*fields)
-    if len(_SIGNATURES) < _SIGNATURES_MAX:
-        _SIGNATURES[signature] = signature
-    return signature
+def _signature_index(fields: tuple[int, int, bool, int, str]) -> int:
+    """The number of a shared signature with these fields; -1 when the list is full."""
+    index = _SIGNATURE_INDEX.get(fields)
+    if index is None:
+        if len(_SIGNATURE_LIST) >= _SIGNATURES_MAX:
+            return -1
+        index = len(_SIGNATURE_LIST)
+        _SIGNATURE_LIST.append(SynSignature(*fields))
+        _SIGNATURE_INDEX[fields] = index
+    return index
+
+
+# A flow that has seen only its SYN (nearly every flow of a scan or a SYN flood) is held as
+# one int until its second packet: timestamp bits, sequence number, IP ID and signature
+# number. About 130 bytes a flow with its key and dict slot, against about 250 as a `Flow`.
+_F64 = struct.Struct("<d")
+_U64 = struct.Struct("<Q")
+_PLAIN_SYN = ~(ECE | CWR) & 0xFF
+
+
+def pack_syn(packet: Packet) -> Optional[int]:
+    """The packed form of a flow that has only this SYN, or None if it needs a `Flow`."""
+    ts, _, flags, seq, ack, window, ttl, ip_id, df, _, options = packet
+    if flags & _PLAIN_SYN != SYN:
+        return None
+    index = _signature_index((ttl, window, df, ack, options))
+    if index < 0:
+        return None
+    ts_bits: int = _U64.unpack(_F64.pack(ts))[0]
+    return ts_bits << 64 | seq << 32 | ip_id << 16 | index
+
+
+def packed_ts(packed: int) -> float:
+    ts: float = _F64.unpack(_U64.pack(packed >> 64))[0]
+    return ts
+
+
+def unpack_syn(key: bytes, packed: int) -> Flow:
+    """The `Flow` a packed SYN stands for (the same summary `Flow(syn)` would give)."""
+    sig = _SIGNATURE_LIST[packed & 0xFFFF]
+    syn = Packet(
+        packed_ts(packed), key, SYN, packed >> 32 & 0xFFFFFFFF, sig.ack, sig.window, sig.ttl,
+        packed >> 16 & 0xFFFF, sig.df, 0, sig.options,
+    )
+    return Flow(syn)
 
 
 class Flow:
@@ -114,8 +155,9 @@ class Flow:
         if flags & (SYN | ACK) == SYN:
             self.syn_seq = seq
             self.syn_ipid = _U16_INTS[ip_id]
-            signature = (ttl, _U16_INTS[window], df, ack, options)
-            self.syn = _SIGNATURES.get(signature) or _share_signature(signature)
+            fields = (ttl, _U16_INTS[window], df, ack, options)
+            index = _signature_index(fields)
+            self.syn = _SIGNATURE_LIST[index] if index >= 0 else SynSignature(*fields)
         self.absorb(packet)
 
     def absorb(self, packet: Packet) -> None:
@@ -165,6 +207,10 @@ class Flow:
         return bool(self.ttls & _TTL_BITS[ttl])
 
 
+def _as_flow(key: bytes, held: Union[Flow, int]) -> Flow:
+    return unpack_syn(key, held) if isinstance(held, int) else held
+
+
 EndCallback = Callable[[Flow, Optional[Exclusion]], None]
 """Receives each finished flow: with None when it is to be classified, else why it is not."""
 
@@ -195,6 +241,7 @@ class FlowTable:
         close_linger: float = 10.0,
         max_flows: int = 1_000_000,
         ended_memory: int = 65536,
+        pack_above: int = 65536,
     ) -> None:
         if close_linger < 0 or idle_timeout <= 0 or close_linger >= idle_timeout:
             raise ValueError("need 0 <= close_linger < idle_timeout")
@@ -206,20 +253,26 @@ class FlowTable:
         self.max_flows = max_flows
         # Ordered by last activity: a flow is moved to the end on every packet, so the
         # least recently active flow is always first (idle sweeps and eviction read the front).
-        self._flows: dict[bytes, Flow] = {}
+        self._flows: dict[bytes, Union[Flow, int]] = {}
+        """A `Flow`, or an int from `pack_syn` while only the SYN has arrived."""
         # (deadline, flow) for closing flows, in order of their first RST or FIN.
         self._closing: deque[tuple[float, Flow]] = deque()
         # Keys of flows recently ended, so that their stragglers are not taken for
         # connections whose SYN was missed (no_syn). Bounded; oldest forgotten first.
         self._ended: OrderedDict[bytes, None] = OrderedDict()
         self._ended_memory = ended_memory
+        self.pack_above = pack_above
+        """Hold SYN-only flows packed (see `pack_syn`) once the table holds this many: packing
+        halves their memory but costs a microsecond per flow, worth it only in a big table."""
         self.stats = TableStats()
 
     def __len__(self) -> int:
         return len(self._flows)
 
     def get(self, key: bytes) -> Optional[Flow]:
-        return self._flows.get(key)
+        """The flow of this key (for a packed SYN, a `Flow` built for the asking)."""
+        flow = self._flows.get(key)
+        return unpack_syn(key, flow) if isinstance(flow, int) else flow
 
     def add(self, packet: Packet) -> None:
         """Feed one ingress packet of a sampled connection."""
@@ -233,6 +286,8 @@ class FlowTable:
                 return
             self._start(packet)
             return
+        if isinstance(flow, int):
+            flow = unpack_syn(packet[1], flow)
         if is_syn and packet[3] != flow.syn_seq:
             # Port reuse: a new connection on the same ports.
             self._end(flow, None if flow.closing else Exclusion.SUPERSEDED)
@@ -269,14 +324,15 @@ class FlowTable:
                 done += 1
         if done < budget and flows:
             horizon = now - self.idle_timeout
-            expired: list[Flow] = []
-            for flow in flows.values():
-                if flow.last_ts > horizon or done + len(expired) >= budget:
+            expired: list[tuple[bytes, Union[Flow, int]]] = []
+            for key, held in flows.items():
+                last = packed_ts(held) if isinstance(held, int) else held.last_ts
+                if last > horizon or done + len(expired) >= budget:
                     break
-                expired.append(flow)
-            for flow in expired:
-                del flows[flow.key]
-                self._end(flow, None)
+                expired.append((key, held))
+            for key, held in expired:
+                del flows[key]
+                self._end(_as_flow(key, held), None)
             done += len(expired)
         return done
 
@@ -286,8 +342,8 @@ class FlowTable:
             pass
         flows = self._flows
         while flows:
-            _, flow = flows.popitem()
-            self._end(flow, Exclusion.TRUNCATED)
+            key, held = flows.popitem()
+            self._end(_as_flow(key, held), Exclusion.TRUNCATED)
         self._closing.clear()
 
     def _start(self, packet: Packet) -> None:
@@ -295,9 +351,14 @@ class FlowTable:
         if len(flows) >= self.max_flows:
             self._evict()
         self._ended.pop(packet.key, None)
+        self.stats.started += 1
+        if len(flows) >= self.pack_above:
+            packed = pack_syn(packet)
+            if packed is not None:
+                flows[packet.key] = packed
+                return
         flow = Flow(packet)
         flows[packet.key] = flow
-        self.stats.started += 1
         if flow.closing:
             self._closing.append((packet.ts + self.close_linger, flow))
 
@@ -308,10 +369,10 @@ class FlowTable:
         deleted since its last resize; one scan per batch keeps a SYN flood cheap.
         """
         flows = self._flows
-        victims = list(islice(flows.values(), max(1, self.max_flows // 100)))
-        for flow in victims:
-            del flows[flow.key]
-            self._end(flow, Exclusion.EVICTED)
+        victims = list(islice(flows.items(), max(1, self.max_flows // 100)))
+        for key, held in victims:
+            del flows[key]
+            self._end(_as_flow(key, held), Exclusion.EVICTED)
 
     def _stray(self, packet: Packet) -> None:
         """A packet with no flow and no SYN."""

@@ -67,11 +67,16 @@ def run(
     idle_timeout: float = 300.0,
     close_linger: float = 10.0,
     max_flows: int = 1000,
+    pack_above: int = 65536,
 ) -> Collected:
     """Feed packets in the given order; then sweep at `end` (None: drain at the last ts)."""
     out = Collected()
     table = FlowTable(
-        out, idle_timeout=idle_timeout, close_linger=close_linger, max_flows=max_flows
+        out,
+        idle_timeout=idle_timeout,
+        close_linger=close_linger,
+        max_flows=max_flows,
+        pack_above=pack_above,
     )
     last = 0.0
     for p in packets:

@@ -89,6 +89,34 @@ def test_verdict_table(rest, stage, outcome, category, tags) -> None:
     assert set(verdict.tags) == tags
 
 
+@pytest.mark.parametrize(
+    "rest,stage,outcome,category,tags", [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_verdicts_are_the_same_when_syn_only_flows_are_packed(
+    rest, stage, outcome, category, tags
+) -> None:
+    """A big table holds SYN-only flows packed (flows.pack_syn); nothing may change."""
+    [verdict] = run(_feed(rest), pack_above=0).verdicts
+    assert (verdict.stage, verdict.outcome, verdict.category) == (stage, outcome, category)
+    assert set(verdict.tags) == tags
+
+
+def test_packed_flows_are_evicted_swept_and_drained_like_others() -> None:
+    a = ("198.51.100.1", 1, "203.0.113.1", 443)
+    b = ("198.51.100.2", 2, "203.0.113.1", 443)
+    c = ("198.51.100.3", 3, "203.0.113.1", 443)
+    zmap = {"ip_id": 54321, "window": 65535, "df": False, "options": "M1460"}
+    packets = [pkt("S", 0, tuple_=a, **zmap), pkt("S", 1, tuple_=b), pkt("S", 2, tuple_=c)]
+    out = run(packets, max_flows=2, pack_above=0, end=None)
+    assert [r for _, r in out.excluded] == [Exclusion.EVICTED, Exclusion.TRUNCATED,
+                                             Exclusion.TRUNCATED]
+    evicted = out.excluded[0][0]
+    assert evicted.key == packets[0].key and evicted.first_ts == 0
+    swept = run(packets[:1], pack_above=0, end=1e6)
+    [verdict] = swept.verdicts
+    assert verdict.category is C.POST_SYN and set(verdict.tags) == {T.TIMEOUT, T.ZMAP}
+
+
 def test_every_stage_outcome_and_tag_is_covered_by_the_table() -> None:
     """The table above is the spec: it must exercise every enum value."""
     seen_tags = set().union(*(c[5] for c in CASES)) | {T.ZMAP, T.ZMAP_MODERN}

@@ -6,9 +6,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from resetwatch.classify import ACKNUM_TAGS, RESET_SHAPES, Category, Outcome, Tag, classify
-from resetwatch.flows import MAX_PACKETS, Flow
+from resetwatch.flows import MAX_PACKETS, Flow, pack_syn, packed_ts, unpack_syn
+from resetwatch.packet import CWR, ECE, SYN
 
-from .factory import pkt, run
+from .factory import CLIENT6, pkt, run
 
 FLAG_SETS = ["A", "PA", "R", "RA", "FA", "FPA", "RPA", "A"]
 
@@ -106,3 +107,38 @@ def test_tags_come_in_the_order_of_the_tag_enum(flow_packets) -> None:
     order = list(Tag)
     tags = classify(flow).tags
     assert list(tags) == sorted(tags, key=order.index)
+
+
+syn_any = st.builds(
+    lambda ts, seq, ip_id, window, ttl, df, ack, options, ecn, v6: pkt(
+        "S", ts, seq=seq, ip_id=ip_id, window=window, ttl=ttl, df=df, ack=ack, options=options,
+        **({"tuple_": CLIENT6} if v6 else {}),
+    )._replace(flags=SYN | ecn),
+    st.floats(min_value=0, max_value=2e9, allow_nan=False),
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 2**16 - 1),
+    st.integers(0, 2**16 - 1),
+    st.integers(0, 255),
+    st.booleans(),
+    st.integers(0, 2**32 - 1),
+    st.sampled_from(["M1460", "M1460,N,W8,N,N,S", ""]),
+    st.sampled_from([0, ECE | CWR]),
+    st.booleans(),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(syn_any)
+def test_a_packed_syn_stands_for_exactly_the_flow_of_its_syn(syn) -> None:
+    packed = pack_syn(syn)
+    assert packed is not None
+    assert packed_ts(packed) == syn.ts
+    rebuilt = unpack_syn(syn.key, packed)
+    assert summary(rebuilt) == summary(Flow(syn))
+    assert classify(rebuilt) == classify(Flow(syn))
+
+
+def test_only_a_plain_syn_is_packed() -> None:
+    assert pack_syn(pkt("S")) is not None
+    assert pack_syn(pkt("SF")) is None  # a FIN starts the close linger: needs a Flow
+    assert pack_syn(pkt("SR")) is None
