@@ -41,10 +41,13 @@ class Windows:
 
 
 def _share(window: str) -> str:
+    # Divide only where the total is above zero: a window with no sampled connection would
+    # record 0/0 = NaN, and one NaN makes avg_over_time (the baseline) NaN for its whole range,
+    # which would silence the spike alerts for a week after a quiet hour.
     return (
         f"sum by (instance, category) (rate(resetwatch_connections_total[{window}]))\n"
-        f"  / ignoring (category) group_left\n"
-        f"sum by (instance) (rate(resetwatch_connections_total[{window}]))"
+        f"  / ignoring (category) group_left ()\n"
+        f"(sum by (instance) (rate(resetwatch_connections_total[{window}])) > 0)"
     )
 
 

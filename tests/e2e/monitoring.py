@@ -252,7 +252,7 @@ class Monitoring:
         service = self._start(
             "webhook",
             [
-                sys.executable, WEBHOOK_PROG, "--port", str(self.webhook_port),
+                sys.executable, str(WEBHOOK_PROG), "--port", str(self.webhook_port),
                 "--out", str(self.notifications_file), "--max-seconds", str(MAX_SECONDS),
             ],
         )  # fmt: skip
@@ -318,7 +318,7 @@ class Monitoring:
         proc = self.lab.popen(
             self.ns,
             [
-                sys.executable, SERVER_PROG, "--http-port", str(http_port),
+                sys.executable, str(SERVER_PROG), "--http-port", str(http_port),
                 "--max-seconds", str(MAX_SECONDS), "--max-connections", "1000000",
             ],
             stdout=subprocess.PIPE,

@@ -18,14 +18,10 @@ loads the short-window variant of the shipped rules (`RULES`), evaluated every s
 Phases:
 
 1. Warm-up: normal clients only (curl-like GETs closed with a FIN, judged ``no_match``), about
-   five new connections a second. Prometheus starts with an empty rule file; the resetwatch
-   rules are loaded (``/-/reload``) only once the scraped counters already show judged
-   connections. Why: a category share is ``rate(category) / rate(all)``, which is 0/0 = NaN
-   while a window holds no judged connection, and ``avg_over_time`` over a window holding one
-   NaN sample is NaN: a NaN share recorded in the first seconds would make the 10-minute
-   baseline NaN for the whole run (and ``x > 3 * NaN`` is never true), so the alert could
-   never fire. See the report of this test's author: the shipped rules have the same trap
-   with their 7-day baseline whenever an hour passes with no sampled connection.
+   five new connections a second. Prometheus evaluates the rules from its first second, when
+   no connection has been judged yet: this also checks that a window with no sampled
+   connection records no share (rather than 0/0 = NaN, which would keep the baseline NaN for
+   its whole range and the alert off; deploy/prometheus has a promtool case for it too).
 2. Control (`BASELINE_S`): normal clients only. Polled every two seconds: no Post-ACK or
    Post-PSH spike alert is ever pending or firing, and no notification for one reaches the
    webhook, although the minimum-samples condition is met (`test_no_spike_alert_...`).
@@ -84,6 +80,7 @@ WINDOWS = promrules.Windows(
     floor=0.05,
 )
 RULES = promrules.render(WINDOWS)
+RULE_COUNT = sum(len(group["rules"]) for group in promrules.rules(WINDOWS)["groups"])
 SHARE = f"resetwatch:category_share:ratio{WINDOWS.short}"
 BASELINE = f"resetwatch:category_share:ratio{WINDOWS.long}_avg{WINDOWS.baseline}"
 SAMPLES = f"resetwatch:connections:increase{WINDOWS.short}"
@@ -106,6 +103,7 @@ BASELINE_S = 60.0
 WARMUP_WAIT_S = 30.0
 FIRING_WAIT_S = 180.0
 NOTIFY_WAIT_S = 60.0
+RECORD_WAIT_S = 30.0
 POLL_S = 2.0
 LOAD_MAX_S = 420.0
 """Load generators stop by themselves after this, whatever happens to the test."""
@@ -118,8 +116,9 @@ def _skip_reason() -> str:
         return "needs root (network namespaces, netfilter rules, NFLOG)"
     missing = [str(p) for p in (PROMETHEUS, ALERTMANAGER) if not os.access(p, os.X_OK)]
     if missing:
-        return f"missing {', '.join(missing)} (Debian packages prometheus, " + (
-            "prometheus-alertmanager; ./dev test installs them)"
+        return (
+            f"missing {', '.join(missing)} (Debian packages prometheus and "
+            "prometheus-alertmanager; `sudo ./dev test` installs them)"
         )
     tools = [tool for tool in TOOLS if shutil.which(tool) is None]
     if importlib.util.find_spec("prometheus_client") is None:
@@ -180,6 +179,15 @@ class Stack:
     middlebox_match: str
     loads: dict[str, Load] = field(default_factory=dict)
     control: Control = field(default_factory=Control)
+    marks: dict[str, float] = field(default_factory=dict)
+    """When each phase began (`time.monotonic`), for the printed timeline only."""
+
+    def mark(self, name: str) -> None:
+        self.marks[name] = time.monotonic()
+
+    def timeline(self) -> str:
+        start = min(self.marks.values(), default=0.0)
+        return ", ".join(f"{name} +{at - start:.1f}s" for name, at in self.marks.items())
 
     def start_load(self, name: str, *args: str) -> Load:
         if not self.lab.owns(self.lab.server4):
@@ -189,7 +197,7 @@ class Stack:
             proc = self.lab.popen(
                 "client",
                 [
-                    sys.executable, LOADGEN_PROG, "--dst", self.lab.server4,
+                    sys.executable, str(LOADGEN_PROG), "--dst", self.lab.server4,
                     "--port", str(HTTP_PORT), "--duration", str(LOAD_MAX_S), *args,
                 ],
                 stdin=subprocess.DEVNULL,
@@ -307,8 +315,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         match = _zero_rate(lab)
         mon.start_webhook()
         mon.start_alertmanager()
-        mon.start_prometheus("groups: []\n")
+        # The rules are evaluated from the first second, before any connection is judged:
+        # the shares must not record 0/0 = NaN then (promrules._share), or the baseline would
+        # stay NaN for its whole window and the alert could never fire.
+        mon.start_prometheus(RULES)
+        loaded = mon.rules_loaded()
         stack = Stack(lab, tmp, agent, mon, match)
+        assert loaded == RULE_COUNT, f"{loaded} rules loaded\n{stack.diagnostics()}"
+        stack.mark("services up, rules loaded")
         stack.start_load("normal", "--host", NORMAL_HOST, "--rate", str(NORMAL_RATE))
 
         def warm() -> bool:
@@ -317,9 +331,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             return value is not None and value >= 5
 
         _poll(stack, warm, WARMUP_WAIT_S, "judged connections in Prometheus", step=0.5)
-        loaded = mon.load_rules(RULES)
-        assert loaded >= 10, f"only {loaded} rules loaded\n{stack.diagnostics()}"
+        stack.mark("warm")
         _control_phase(stack)
+        stack.mark("control done")
         yield stack
         for load in stack.loads.values():
             load.stop()
@@ -356,6 +370,10 @@ def test_no_spike_alert_with_normal_traffic(stack: Stack) -> None:
     assert control.baseline is not None and control.baseline < WINDOWS.floor, why
     assert finite(control.share) and control.share is not None, why
     assert control.share < WINDOWS.floor, why
+    print(
+        f"\ncontrol: {control.polls} polls, no spike alert; {SAMPLES}={control.samples:g}, "
+        f"post_ack share {control.share:g}, baseline {control.baseline:g}"
+    )
 
 
 def test_post_ack_spike_fires_and_notifies(stack: Stack) -> None:
@@ -379,7 +397,9 @@ def test_post_ack_spike_fires_and_notifies(stack: Stack) -> None:
                     return alert
         return None
 
+    stack.mark("spike")
     alert = _poll(stack, firing, FIRING_WAIT_S, f"{ALERT} firing in Prometheus")
+    stack.mark("firing")
     at_fire = (mon.value(SHARE, category="post_ack"), mon.value(BASELINE, category="post_ack"))
     assert alert["labels"]["category"] == "post_ack", alert
     assert alert["labels"]["severity"] == "page", alert
@@ -392,6 +412,7 @@ def test_post_ack_spike_fires_and_notifies(stack: Stack) -> None:
         return None
 
     sent = _poll(stack, notified, NOTIFY_WAIT_S, f"a webhook notification for {ALERT}")
+    stack.mark("notified")
     assert sent["labels"].get("category") == "post_ack", sent
     assert sent["labels"].get("severity") == "page", sent
     body = next(b for b in mon.notifications() if sent in b.get("alerts", []))
@@ -411,11 +432,23 @@ def test_post_ack_spike_fires_and_notifies(stack: Stack) -> None:
     summary = zero_rated.stop()
     assert summary.get("zero_rated_gave_up", 0) > 0, summary
     assert summary.get("zero_rated_answered", 0) == 0, f"middlebox let requests by: {summary}"
+    assert summary["zero_rated_gave_up"] == summary["started"], summary
     share, baseline = at_fire
     assert share is not None and share > WINDOWS.floor, at_fire
     assert share < 1.0, f"the share must rise, not take over: {at_fire}"
+
+    # Every zero-rated connection, and nothing else, ends as post_ack in the agent's counters
+    # (the last ones once their close linger has passed).
+    _poll(
+        stack,
+        lambda: stack.agent_count("post_ack") - before == summary["zero_rated_gave_up"],
+        RECORD_WAIT_S,
+        f"post_ack grown by the {summary['zero_rated_gave_up']} zero-rated connections "
+        f"(from {before:g}; now {stack.agent_count('post_ack'):g})",
+        step=0.5,
+    )
     print(
         f"\n{ALERT} states {states}; at firing: post_ack share {share:.3f}, baseline "
-        f"{baseline}; agent post_ack {before:g} -> {after:g}; zero-rated {summary}; "
-        f"middlebox match: {stack.middlebox_match}"
+        f"{baseline}; agent post_ack {before:g} -> {after:g} at firing; zero-rated "
+        f"{summary}; middlebox match: {stack.middlebox_match}\ntimeline: {stack.timeline()}"
     )
