@@ -98,6 +98,35 @@ def test_ready_only_after_start_then_watchdog_then_stopping(notify_socket) -> No
     assert messages(sock)[0].startswith("STOPPING=1")
 
 
+def test_ready_comes_after_the_group_is_bound_and_the_rules_are_installed(
+    notify_socket,
+) -> None:
+    sock, path = notify_socket
+    steps: list[str] = []
+
+    class RecordingBackend:
+        name = "recording"
+
+        def install(self, spec: object) -> None:
+            steps.append("rules" if not messages(sock) else "rules after a message")
+
+        def remove(self) -> None:
+            steps.append("removed")
+
+    def bind(config: object, clock: object) -> IdleSource:
+        steps.append("bound" if not messages(sock) else "bound after a message")
+        return IdleSource()
+
+    env = {"NOTIFY_SOCKET": path}
+    agent = Agent(Config(listen="127.0.0.1:0"), clock=Clock(), notifier=Notifier(env),
+                  open_source=bind, rules_backend=lambda name: RecordingBackend())  # type: ignore
+    agent.start()
+    assert steps == ["bound", "rules"]
+    assert messages(sock)[0].startswith("READY=1")
+    agent.stop()
+    assert steps[-1] == "removed"
+
+
 def test_watchdog_pings_stop_when_the_loop_is_stuck(notify_socket) -> None:
     sock, path = notify_socket
     source = IdleSource()
