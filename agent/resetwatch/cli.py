@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from typing import IO, Any, NoReturn, Optional
+from typing import IO, Any, Callable, NoReturn, Optional
 
 from . import __version__
 
@@ -22,34 +22,27 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see --help)\n")
 
 
-def positive_float(text: str) -> float:
+def _number(kind: type, text: str, ok: Callable[[float], bool], must: str) -> Any:
     try:
-        value = float(text)
+        value = kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of seconds")
+        noun = "a whole number" if kind is int else "a number"
+        raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
+    if not ok(value) or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be {must}")
     return value
+
+
+def positive_float(text: str) -> float:
+    return float(_number(float, text, lambda v: v > 0, "a positive number of seconds"))
 
 
 def nonnegative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} must be zero or a positive number")
-    return value
+    return float(_number(float, text, lambda v: v >= 0, "zero or a positive number"))
 
 
 def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
+    return int(_number(int, text, lambda v: v >= 1, "at least 1"))
 
 
 def _add_replay(sub: Any) -> None:

@@ -65,7 +65,7 @@ import pytest
 from resetwatch import promrules
 from tests.e2e.monitoring import ALERTMANAGER, LOADGEN_PROG, PROMETHEUS, Monitoring, finite, tail
 from tests.lab import Lab
-from tests.lab.agent import RunningAgent, agent_flags, start_agent
+from tests.lab.agent import RunningAgent, agent_flags, start_agent, wait_until
 from tests.lab.netns import LabError
 
 WINDOWS = promrules.Windows(
@@ -258,16 +258,8 @@ def _safe_samples(agent: RunningAgent) -> dict[Any, float]:
 def _poll(
     stack: Stack, condition: Callable[[], Any], timeout: float, what: str, step: float = POLL_S
 ) -> Any:
-    """Poll `condition` until it returns something true (returned); after `timeout` seconds
-    fail with `what` and the stack's diagnostics. A limit only: never asserted on."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            pytest.fail(f"{what}: not within {timeout:g} s\n{stack.diagnostics()}")
-        time.sleep(step)
+    """`wait_until`, failing with the stack's diagnostics (last alerts, PromQL values, logs)."""
+    return wait_until(condition, timeout, what, step, details=stack.diagnostics)
 
 
 def _zero_rate(lab: Lab) -> str:

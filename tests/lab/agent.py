@@ -235,15 +235,20 @@ def parse_samples(text: str) -> Samples:
 
 
 def wait_until(
-    condition: Callable[[], Any], timeout: float, what: str, step: float = 0.2
+    condition: Callable[[], Any],
+    timeout: float,
+    what: str,
+    step: float = 0.2,
+    details: Callable[[], str] = lambda: "",
 ) -> Any:
     """Poll `condition` until it returns something true (returned), or fail after `timeout`
-    seconds with `what` in the message. A limit only: how long it took is never asserted."""
+    seconds with `what` and `details()` in the message. A limit only: how long it took is
+    never asserted."""
     deadline = time.monotonic() + timeout
     while True:
         result = condition()
         if result:
             return result
         if time.monotonic() >= deadline:
-            raise AssertionError(f"{what}: not within {timeout} s")
+            raise AssertionError(f"{what}: not within {timeout:g} s\n{details()}".rstrip())
         time.sleep(step)
