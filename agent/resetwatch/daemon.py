@@ -237,6 +237,7 @@ class Agent:
         health.nflog_lost["seq_gap"] = stats["seq_gaps"]
         health.nflog_lost["bad_message"] = stats["truncated_messages"]
         health.nflog_overruns = stats["enobufs"]
+        health.nflog_socket_drops = max(0, stats.get("kernel_drops", 0))
         health.nflog_buffer_bytes = stats["rcvbuf_bytes"]
         if self._writer is not None:
             self._writer.flush()

@@ -72,6 +72,7 @@ class AgentHealth:
     nflog_lost: dict[str, int] = field(default_factory=lambda: dict.fromkeys(NFLOG_LOSS_REASONS, 0))
     nflog_buffer_bytes: int = 0
     nflog_overruns: int = 0
+    nflog_socket_drops: int = 0
     invalid: dict[Invalid, int] = field(default_factory=lambda: {r: 0 for r in Invalid})
     rules_present: bool = False
     rules_managed: bool = True
@@ -166,6 +167,13 @@ class AgentCollector(Collector):
             "Times the NFLOG receive buffer overflowed (ENOBUFS); each grows the buffer up to "
             "nflog_buffer_max. The packets lost are counted in resetwatch_nflog_lost_total.",
             value=health.nflog_overruns,
+        )
+        yield CounterMetricFamily(
+            "resetwatch_nflog_socket_drops",
+            "Netlink datagrams (batches of packets) the kernel dropped at the agent's socket "
+            "(SO_MEMINFO). Non-zero means packets were lost, even before a sequence gap shows "
+            "them in resetwatch_nflog_lost_total.",
+            value=health.nflog_socket_drops,
         )
         yield GaugeMetricFamily(
             "resetwatch_nflog_receive_buffer_bytes",

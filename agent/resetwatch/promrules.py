@@ -126,7 +126,11 @@ def rules(w: Windows = Windows()) -> dict[str, Any]:
         },
         {
             "alert": "ResetwatchLosingPackets",
-            "expr": f"sum by (instance) (increase(resetwatch_nflog_lost_total[{w.short}])) > 0",
+            "expr": (
+                f"sum by (instance) (increase(resetwatch_nflog_lost_total[{w.short}])) > 0\n"
+                f"or sum by (instance) (increase(resetwatch_nflog_socket_drops_total[{w.short}]))"
+                " > 0"
+            ),
             "labels": {"severity": "ticket"},
             "annotations": {
                 "summary": "resetwatch on {{ $labels.instance }} is losing NFLOG packets"
