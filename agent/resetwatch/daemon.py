@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any, Callable, Optional, Protocol
+from typing import IO, Callable, Optional, Protocol
 
 from .config import Config, ConfigError, load
 from .engine import Engine, Sink
@@ -284,19 +284,16 @@ class Agent:
         old = self.config
         if new.listen != old.listen or new.nflog_group != old.nflog_group:
             log.warning("listen and nflog_group changes take effect after a restart")
-            new = _with(new, listen=old.listen, nflog_group=old.nflog_group)
+            new = replace(new, listen=old.listen, nflog_group=old.nflog_group)
         if new.records != old.records:
             try:
                 self._open_records(new.records)
             except StartError as error:
                 log.error("reload: %s; records stay off", error)
         table = self.engine.table
-        if (new.idle_timeout, new.close_linger, new.max_flows) != (
-            old.idle_timeout, old.close_linger, old.max_flows,
-        ):
-            table.idle_timeout = new.idle_timeout
-            table.close_linger = new.close_linger
-            table.max_flows = new.max_flows
+        table.idle_timeout = new.idle_timeout
+        table.close_linger = new.close_linger
+        table.max_flows = new.max_flows
         self.engine.sinks = self._sinks()
         self.config = new
         self.health.probability = new.probability
@@ -366,6 +363,3 @@ class Agent:
             f"rules {'ok' if self.health.rules_present or self.config.no_rules else 'MISSING'}"
         )
 
-
-def _with(config: Config, **changes: Any) -> Config:
-    return replace(config, **changes)

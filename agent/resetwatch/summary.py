@@ -45,8 +45,6 @@ class Summary:
         self.categories: Counter[Category] = Counter({c: 0 for c in Category})
         self.outcomes: Counter[tuple[Stage, Outcome]] = Counter()
         self.tags: Counter[Tag] = Counter()
-        self.category_tags: Counter[tuple[Category, Tag]] = Counter()
-        self.families: Counter[int] = Counter()
         self.excluded_by: Counter[Exclusion] = Counter({e: 0 for e in Exclusion})
         self.first_ts: Optional[float] = None
         self.last_ts: Optional[float] = None
@@ -55,10 +53,8 @@ class Summary:
         stage, outcome, category, tags = verdict
         self.categories[category] += 1
         self.outcomes[stage, outcome] += 1
-        self.families[4 if len(flow.key) == 12 else 6] += 1
         for tag in tags:
             self.tags[tag] += 1
-            self.category_tags[category, tag] += 1
         self._span(flow)
 
     def excluded(self, flow: Flow, reason: Exclusion) -> None:
