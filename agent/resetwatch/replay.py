@@ -27,7 +27,7 @@ def ingress_filter(servers: Sequence[str]) -> Optional[Callable[[bytes], bool]]:
     if not servers:
         return None
     exact: set[bytes] = set()
-    ranges: list[tuple[int, int, int, int]] = []  # (key length, address offset, mask, network)
+    ranges: list[tuple[int, int, int]] = []  # (key length, mask, network)
     for text in servers:
         try:
             net: Network = ipaddress.ip_network(text, strict=False)
@@ -37,7 +37,8 @@ def ingress_filter(servers: Sequence[str]) -> Optional[Callable[[bytes], bool]]:
         if net.prefixlen == net.max_prefixlen:
             exact.add(net.network_address.packed)
         else:
-            ranges.append((3 * alen, alen, int(net.netmask), int(net.network_address)))
+            # A key is source, destination and 4 bytes of ports: 12 bytes (IPv4) or 36 (IPv6).
+            ranges.append((2 * alen + 4, int(net.netmask), int(net.network_address)))
 
     def is_ingress(key: bytes) -> bool:
         alen = 4 if len(key) == 12 else 16
@@ -46,7 +47,7 @@ def ingress_filter(servers: Sequence[str]) -> Optional[Callable[[bytes], bool]]:
             return True
         if ranges:
             value = int.from_bytes(dst, "big")
-            for key_len, _, mask, network in ranges:
+            for key_len, mask, network in ranges:
                 if key_len == len(key) and value & mask == network:
                     return True
         return False
