@@ -32,9 +32,9 @@ import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import pytest
 from tests.lab import Lab
@@ -128,25 +128,6 @@ LIVE_SCENARIOS = [s for s in SCENARIOS if s.phase != "final"]
 a closed port would simply end as a post_syn timeout after the idle timeout."""
 
 
-CROSSING_REPLY = {"abort_after_send": ("reset", "rst_and_rstacks")}
-"""Scenarios whose wire depends on a race in the lab, with the tags the record may then carry
-instead. abort_after_send resets right after its request, without waiting for the reply: on a
-loaded machine (veth delivery deferred to ksoftirqd) the server's reply crosses the RST, and
-the client's kernel answers it with a bare RST, so the server logs S . P. R. R and the verdict
-is rightly rst_and_rstacks (stage, outcome and category unchanged). Seen under CPU load; the
-replay lab runs the same traffic and is exposed to the same race."""
-
-
-def accepted(scenario: Scenario, record: Optional[dict[str, Any]]) -> Scenario:
-    """The scenario with the expectation the record is held to: its own, or the race's
-    alternative when the record matches that one exactly."""
-    tags = CROSSING_REPLY.get(scenario.name.rsplit("_v", 1)[0])
-    if tags is None or not check(scenario, record):
-        return scenario
-    alternative = replace(scenario, expect=replace(scenario.expect, tags=tags))
-    return scenario if check(alternative, record) else alternative
-
-
 @dataclass
 class AgentRun:
     backend: str
@@ -201,7 +182,7 @@ def agent_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
 def test_scenario_record(agent_run: AgentRun, scenario: Scenario) -> None:
     records = agent_run.records.get(scenario.sport, [])
     assert len(records) == 1, f"{scenario.name}: records {records}"
-    problems = check(accepted(scenario, records[0]), records[0])
+    problems = check(scenario, records[0])
     assert not problems, f"{scenario.name} ({agent_run.backend}): {problems}; {records[0]}"
 
 
@@ -213,14 +194,12 @@ def test_every_record_is_a_scenario_and_the_agent_stopped_cleanly(agent_run: Age
 
 
 def _expected_counts(run: AgentRun) -> tuple[Counter[tuple[str, ...]], ...]:
-    """The counters summed from the scenarios' expectations (a race's alternative where the
-    record took it: see CROSSING_REPLY)."""
+    """The counters summed from the scenarios' expectations."""
     connections: Counter[tuple[str, ...]] = Counter()
     outcomes: Counter[tuple[str, ...]] = Counter()
     tags: Counter[tuple[str, ...]] = Counter()
     for scenario in LIVE_SCENARIOS:
-        records = run.records.get(scenario.sport) or [None]
-        expect, family = accepted(scenario, records[0]).expect, str(scenario.family)
+        expect, family = scenario.expect, str(scenario.family)
         assert expect.stage and expect.outcome and expect.category, scenario.name
         connections[family, expect.category] += 1
         outcomes[family, expect.stage, expect.outcome] += 1

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
 import socket
 import struct
@@ -81,6 +82,23 @@ def _abort(sock: socket.socket) -> None:
     sock.close()
 
 
+SIOCOUTQ = 0x5411
+"""ioctl: bytes the peer has not yet acknowledged (``write_seq - snd_una``, a FIN included)."""
+
+
+def _wait_acked(sock: socket.socket) -> None:
+    """Wait until the peer has acknowledged everything sent (a FIN included), so that no ACK
+    of ours is still in flight toward a socket we are about to abort: an ACK arriving after the
+    abort would make our kernel answer with a second, bare RST and change the flow's wire."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while time.monotonic() < deadline:
+        pending = struct.unpack("i", fcntl.ioctl(sock.fileno(), SIOCOUTQ, b"\0" * 4))[0]
+        if pending == 0:
+            return
+        time.sleep(0.002)
+    raise TimeoutError("the server did not acknowledge what was sent")
+
+
 def _silence(sock: socket.socket, sport: int) -> None:
     """Make the server see silence from now on: drop this source port's packets on the way out,
     then abort (its RST is dropped too). The rule stays until the namespace is deleted, so the
@@ -101,13 +119,15 @@ def session(args: argparse.Namespace) -> dict[str, Any]:
         sock.sendall(_request(args.dst, n))
         if args.wait_replies:
             received += _read_reply(sock)
+    if args.wait_acked:
+        _wait_acked(sock)
     if args.settle:
         time.sleep(args.settle)
     if args.end == "abort":
         _abort(sock)
     elif args.end == "fin_abort":
         sock.shutdown(socket.SHUT_WR)  # our FIN goes out
-        time.sleep(0.05)
+        _wait_acked(sock)
         _abort(sock)
     elif args.end == "close":
         sock.shutdown(socket.SHUT_WR)
@@ -222,6 +242,7 @@ def main() -> int:
     p.add_argument("--sport", type=int, required=True)
     p.add_argument("--requests", type=int, default=0)
     p.add_argument("--wait-replies", action="store_true")
+    p.add_argument("--wait-acked", action="store_true")
     p.add_argument("--settle", type=float, default=0.0)
     p.add_argument("--end", choices=("abort", "fin_abort", "close", "hang"), required=True)
     p = sub.add_parser("forge")

@@ -151,8 +151,11 @@ def _build(family: int, base: int) -> list[Scenario]:
         3,
         "abort_after_send",
         _reset("post_psh", "single_rstack"),
-        "S . P. [.] R.  ([.]: the ACK of a reply that beat the abort, seen in some runs)",
-        action=lambda lab, dst, sp: abort_after_send(lab, dst, HTTP_PORT, sp),
+        "S . P. R.",
+        action=lambda lab, dst, sp: abort_after_send(lab, dst, HOLD_PORT, sp),
+        port=HOLD_PORT,
+        note="the hold port never replies and the abort waits for the ACK of the request, "
+        "so nothing can cross the RST",
     )
     add(
         4,

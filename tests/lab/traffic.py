@@ -140,10 +140,12 @@ def session(
     end: str,
     wait_replies: bool = True,
     settle: float = 0.0,
+    wait_acked: bool = False,
 ) -> dict[str, Any]:
     """Connect from `sport`, send `requests` HTTP requests (reading each reply when
-    `wait_replies`), wait `settle` seconds, then end with "abort" (RST), "close" (FIN) or
-    "hang" (silence). The building block of the named actions below."""
+    `wait_replies`; waiting until the server acknowledged them when `wait_acked`), wait `settle`
+    seconds, then end with "abort" (RST), "close" (FIN) or "hang" (silence). The building block
+    of the named actions below."""
     _check_target(lab, dst)
     argv = [
         sys.executable,
@@ -164,6 +166,8 @@ def session(
     ]
     if wait_replies:
         argv.append("--wait-replies")
+    if wait_acked:
+        argv.append("--wait-acked")
     proc = lab.run("client", argv, timeout=_TIMEOUT_S)
     return dict(json.loads(proc.stdout))
 
@@ -174,8 +178,12 @@ def abort_after_connect(lab: Lab, dst: str, port: int, sport: int) -> dict[str, 
 
 
 def abort_after_send(lab: Lab, dst: str, port: int, sport: int) -> dict[str, Any]:
-    """Handshake, one request, then a RST at once (not waiting for the reply)."""
-    return session(lab, dst, port, sport, requests=1, end="abort", wait_replies=False)
+    """Handshake, one request, then a RST as soon as the server's kernel has acknowledged it.
+    Use the hold port: its server never replies, so no reply can cross the RST (the client's
+    kernel would answer a crossing reply with a second, bare RST)."""
+    return session(
+        lab, dst, port, sport, requests=1, end="abort", wait_replies=False, wait_acked=True
+    )
 
 
 def send_twice_then_abort(lab: Lab, dst: str, port: int, sport: int) -> dict[str, Any]:
