@@ -51,9 +51,10 @@ What it does, in order:
       (the CPU figure is what one dedicated core does, and holds up when other processes
       share the machine; CPU/wall < 1 shows they did). The engine subclass only records the
       table size at each sweep (one call per 4,096 packets), for the memory analysis. Also
-      `read_packets` alone (capture reader + `parse_ip`, no table) to split the cost, the
-      full pipeline with the cyclic GC disabled (what the collector costs), and the smaller
-      captures (how the cost per packet moves as the table fills).
+      `read_batches` alone (capture reader + `parse_fields`, what `replay` reads with; no
+      table) to split the cost, the full pipeline with the cyclic GC disabled (what the
+      collector costs), and the smaller captures (how the cost per packet moves as the table
+      fills).
    b. peak RSS of `python3 -m resetwatch replay FILE --format json` in a subprocess, for a
       10,000-packet floor, the `--rss-sizes` captures and the main one, from `/usr/bin/time
       -v` (not `os.wait4` on a child of this process: Linux carries the forked image's
@@ -112,7 +113,7 @@ if str(ROOT / "agent") not in sys.path:
 from resetwatch.engine import Engine  # noqa: E402
 from resetwatch.flows import FlowTable  # noqa: E402
 from resetwatch.packet import ACK, FIN, PSH, RST, SYN, Packet  # noqa: E402
-from resetwatch.pcap import read_packets  # noqa: E402
+from resetwatch.pcap import read_batches  # noqa: E402
 from resetwatch.replay import replay  # noqa: E402
 from resetwatch.summary import Summary  # noqa: E402
 
@@ -791,12 +792,13 @@ def run_inprocess(path: Path, gc_enabled: bool = True) -> dict[str, Any]:
 
 
 def run_reader_only(path: Path) -> dict[str, Any]:
-    """`read_packets` alone: the capture reader and `parse_ip`, no table."""
+    """`read_batches` alone: the capture reader and `parse_fields` (as `replay` reads), no
+    table."""
     gc.collect()
     n = 0
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    for _ in read_packets(path):
-        n += 1
+    for batch in read_batches(path):
+        n += len(batch)
     return _timing(n, time.perf_counter() - wall0, time.process_time() - cpu0)
 
 
@@ -1216,7 +1218,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     best = min(runs, key=lambda r: r["cpu_s"])
     result["inprocess"] = best
     result["inprocess_runs"] = [{k: r[k] for k in ("wall_s", "cpu_s")} for r in runs]
-    _log("read_packets alone ...")
+    _log("read_batches alone ...")
     reader = run_reader_only(main_path)
     result["reader_only"] = reader
     _log("in-process replay with the cyclic GC disabled ...")
@@ -1233,7 +1235,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     rows = [
         _timing_row("replay(), Engine + Summary", best),
         _timing_row("  same, cyclic GC disabled", no_gc),
-        _timing_row("  read_packets only (no table)", reader, flows=False),
+        _timing_row("  read_batches only (no table)", reader, flows=False),
     ]
     rows += [_timing_row(f"replay() on the {n:,}-packet file", r) for n, r in small.items()]
     out.write(
@@ -1256,7 +1258,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "cyclic_gc": round(gc_us, 3),
     }
     out.write(
-        f"  CPU per packet: {best['us_per_packet_cpu']:.2f} us = read_packets "
+        f"  CPU per packet: {best['us_per_packet_cpu']:.2f} us = read_batches "
         f"{reader['us_per_packet_cpu']:.2f} + table/classify/sinks {table_us:.2f} "
         f"(of the total, the cyclic GC: {gc_us:+.2f})\n"
         f"  peak flows held in the table: {best['peak_table_flows']:,}\n"
@@ -1401,7 +1403,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             "",
         ],
         [
-            "resetwatch read_packets only (pcap.py+parse_ip)",
+            "resetwatch read_batches only (pcap.py+parse_fields)",
             _f(reader["packets_per_s"]),
             _f(reader["packets_per_cpu_s"]),
             _rel(reader["packets_per_cpu_s"], ours),

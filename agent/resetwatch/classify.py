@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import NamedTuple, Optional
 
 from .docenum import DocEnum
-from .flows import ESTABLISHED, FIN_SEEN, MAX_PACKETS, Flow
+from .flows import DATA_MORE, DATA_ONE, ESTABLISHED, FIN_SEEN, MAX_PACKETS, Flow, Reset
 
 
 class Stage(DocEnum):
@@ -117,52 +117,57 @@ class Verdict(NamedTuple):
 
 
 _new_verdict = tuple.__new__
+
+# Members as module constants: `Stage.POST_SYN` is a lookup through the enum's metaclass that
+# costs more than the test it serves, and `classify` runs once per flow.
+_POST_SYN, _POST_ACK, _POST_PSH, _LATER = (
+    Stage.POST_SYN,
+    Stage.POST_ACK,
+    Stage.POST_PSH,
+    Stage.LATER,
+)
+_RESET, _ONGOING, _CLOSED, _TIMEOUT = (
+    Outcome.RESET,
+    Outcome.ONGOING,
+    Outcome.CLOSED,
+    Outcome.TIMEOUT,
+)
+_NO_MATCH = Category.NO_MATCH
 _STAGE_CATEGORY = {
-    Stage.POST_SYN: Category.POST_SYN,
-    Stage.POST_ACK: Category.POST_ACK,
-    Stage.POST_PSH: Category.POST_PSH,
-    Stage.LATER: Category.LATER_IN_FLOW,
+    _POST_SYN: Category.POST_SYN,
+    _POST_ACK: Category.POST_ACK,
+    _POST_PSH: Category.POST_PSH,
+    _LATER: Category.LATER_IN_FLOW,
 }
-
-
-def stage_of(flow: Flow) -> Stage:
-    if not flow.marks & ESTABLISHED:
-        return Stage.POST_SYN
-    if flow.data_packets == 0:
-        return Stage.POST_ACK
-    if flow.data_packets == 1:
-        return Stage.POST_PSH
-    return Stage.LATER
-
-
-def outcome_of(flow: Flow) -> Outcome:
-    """Only called on a flow the table has ended: without RST, FIN or a full window, the only
-    way a flow ends is the idle timeout."""
-    if flow.resets is not None:
-        return Outcome.RESET
-    if flow.packets >= MAX_PACKETS:
-        return Outcome.ONGOING
-    if flow.marks & FIN_SEEN:
-        return Outcome.CLOSED
-    return Outcome.TIMEOUT
-
-
-def category_of(stage: Stage, outcome: Outcome) -> Category:
-    if outcome is Outcome.RESET or (outcome is Outcome.TIMEOUT and stage is not Stage.LATER):
-        return _STAGE_CATEGORY[stage]
-    return Category.NO_MATCH
+_TAG_TIMEOUT, _TAG_RESET, _TAG_FIN = Tag.TIMEOUT, Tag.RESET, Tag.FIN
+_TAG_ZMAP, _TAG_ZMAP_MODERN, _TAG_TTL_MISMATCH = Tag.ZMAP, Tag.ZMAP_MODERN, Tag.TTL_MISMATCH
+_NO_TAGS: tuple[Tag, ...] = ()
+_ONLY_TIMEOUT = (_TAG_TIMEOUT,)
 
 
 def _unpadded(options: str) -> str:
     return ",".join(t for t in options.split(",") if t not in ("N", "E"))
 
 
-def _reset_tags(flow: Flow, tags: list[Tag]) -> None:
-    resets = flow.resets or ()
+_MODERN_TEMPLATE: dict[str, bool] = {}
+"""Whether an options fingerprint is one of ZMap's templates, by fingerprint (they are few and
+interned, see `options_fingerprint`; cleared if a flood of odd options fills it)."""
+
+
+def _is_modern_template(options: str) -> bool:
+    known = _MODERN_TEMPLATE.get(options)
+    if known is None:
+        if len(_MODERN_TEMPLATE) >= 4096:
+            _MODERN_TEMPLATE.clear()
+        known = _MODERN_TEMPLATE[options] = _unpadded(options) in ZMAP_MODERN_OPTIONS
+    return known
+
+
+def _reset_tags(flow: Flow, resets: tuple[Reset, ...], tags: list[Tag]) -> None:
     rst_acks = [r.ack for r in resets if not r.with_ack]
     with_ack = len(resets) - len(rst_acks)
     if flow.marks & FIN_SEEN:
-        tags.append(Tag.FIN)
+        tags.append(_TAG_FIN)
     if rst_acks and with_ack:
         tags.append(Tag.RST_AND_RSTACKS)
     elif with_ack:
@@ -183,28 +188,62 @@ def _zmap_tag(flow: Flow) -> Optional[Tag]:
     if syn is None or len(flow.key) != 12 or syn.window != ZMAP_WINDOW:
         return None
     if flow.syn_ipid == ZMAP_IP_ID:
-        return Tag.ZMAP
-    if not syn.df and syn.ack == 0 and _unpadded(syn.options) in ZMAP_MODERN_OPTIONS:
-        return Tag.ZMAP_MODERN
+        return _TAG_ZMAP
+    if not syn.df and syn.ack == 0 and _is_modern_template(syn.options):
+        return _TAG_ZMAP_MODERN
     return None
 
 
 def classify(flow: Flow) -> Verdict:
     """The verdict on a finished flow."""
-    stage = stage_of(flow)
-    outcome = outcome_of(flow)
+    marks = flow.marks
+    # Stage: from the flags over the set of packets (data packets are counted up to 2).
+    if not marks & ESTABLISHED:
+        stage = _POST_SYN
+    elif marks & DATA_MORE:
+        stage = _LATER
+    elif marks & DATA_ONE:
+        stage = _POST_PSH
+    else:
+        stage = _POST_ACK
+    # Outcome, first match wins. The table ends a flow only after a RST or FIN, a full window,
+    # or the idle timeout: without the first three, it is the timeout.
+    resets = flow.resets
+    if resets is not None:
+        outcome = _RESET
+    elif flow.packets >= MAX_PACKETS:
+        outcome = _ONGOING
+    elif marks & FIN_SEEN:
+        outcome = _CLOSED
+    else:
+        outcome = _TIMEOUT
+    # Anomalous: a reset, or a timeout before stage `later`.
+    if outcome is _RESET or (outcome is _TIMEOUT and stage is not _LATER):
+        category = _STAGE_CATEGORY[stage]
+    else:
+        category = _NO_MATCH
+    syn = flow.syn
+    zmap = None
+    if syn is not None and syn.window == ZMAP_WINDOW:  # the cheap test first: rarely true
+        zmap = _zmap_tag(flow)
+    if resets is None and zmap is None:  # most flows: no tag, or only `timeout`
+        tags = _ONLY_TIMEOUT if outcome is _TIMEOUT else _NO_TAGS
+        return _new_verdict(Verdict, (stage, outcome, category, tags))
     # Tags are appended in the order of the Tag enum (a test checks), so no sort is needed.
-    tags: list[Tag] = []
-    if outcome is Outcome.RESET:
-        tags.append(Tag.RESET)
-        _reset_tags(flow, tags)
-    elif outcome is Outcome.TIMEOUT:
-        tags.append(Tag.TIMEOUT)
-    zmap = _zmap_tag(flow)
-    if zmap is Tag.ZMAP:
-        tags.append(zmap)
-    if outcome is Outcome.RESET and any(not flow.has_ttl(r.ttl) for r in flow.resets or ()):
-        tags.append(Tag.TTL_MISMATCH)
-    if zmap is Tag.ZMAP_MODERN:
-        tags.append(zmap)
-    return _new_verdict(Verdict, (stage, outcome, category_of(stage, outcome), tuple(tags)))
+    tag_list: list[Tag] = []
+    if resets is not None:
+        tag_list.append(_TAG_RESET)
+        _reset_tags(flow, resets, tag_list)
+    elif outcome is _TIMEOUT:
+        tag_list.append(_TAG_TIMEOUT)
+    if zmap is _TAG_ZMAP:
+        tag_list.append(zmap)
+    if resets is not None:
+        ttls = flow.ttls  # bit t set: some non-RST packet had TTL t (see `Flow.has_ttl`)
+        for reset in resets:
+            if not ttls >> reset.ttl & 1:
+                tag_list.append(_TAG_TTL_MISMATCH)
+                break
+    if zmap is _TAG_ZMAP_MODERN:
+        tag_list.append(zmap)
+    return _new_verdict(Verdict, (stage, outcome, category, tuple(tag_list)))

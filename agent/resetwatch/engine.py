@@ -40,6 +40,9 @@ class Engine:
         self.invalid: Counter[Invalid] = Counter()
         self.feed = self.table.add
         """Feed one parsed packet (bound directly: this is the per-packet hot path)."""
+        self.feed_many = self.table.add_many
+        """Feed packets in order; returns the newest of its second argument and their
+        timestamps (see `FlowTable.add_many`)."""
 
     def _finished(self, flow: Flow, excluded: Optional[Exclusion]) -> None:
         if excluded is None:

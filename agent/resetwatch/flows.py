@@ -10,13 +10,15 @@ hundred bytes. See docs/methodology.md for the rules.
 
 from __future__ import annotations
 
+import math
 import struct
 from collections import OrderedDict, deque
+from collections.abc import Iterable
 from itertools import islice
 from typing import Callable, NamedTuple, Optional, Union
 
 from .docenum import DocEnum
-from .packet import ACK, CWR, ECE, FIN, PSH, RST, SYN, Packet, key_family
+from .packet import ACK, CWR, ECE, FIN, PSH, RST, SYN, PacketFields, key_family
 
 MAX_PACKETS = 10
 """The kernel logs at most this many ingress packets of a sampled connection."""
@@ -50,12 +52,40 @@ class Reset(NamedTuple):
     ttl: int
 
 
+# NamedTuple's generated __new__ is a Python function; a reset is built directly.
+_new_reset = tuple.__new__
+
 # Flow.marks bits (one int instead of several slots: a flow is held by the hundred thousand).
 ESTABLISHED = 1  # some packet had ACK set and neither SYN nor RST
 FIN_SEEN = 2  # some packet had FIN set
 SYN_REPEATED = 4  # a second SYN with the first one's sequence number arrived
 DATA_ONE = 8  # a data packet (PSH, neither SYN nor RST) arrived
 DATA_MORE = 16  # a second data packet arrived (the count saturates: stages need 0, 1, 2+)
+
+
+def _marks_after(marks: int, flags: int) -> int:
+    """A flow's marks after one more packet with these TCP flags (all but SYN_REPEATED)."""
+    if not flags & (RST | SYN):
+        if flags & ACK:
+            marks |= ESTABLISHED
+        if flags & PSH:
+            marks |= DATA_MORE if marks & DATA_ONE else DATA_ONE
+    if flags & FIN:
+        marks |= FIN_SEEN
+    return marks
+
+
+# Per-packet tests as lookups by the packet's TCP flags (and marks): an index costs a fraction
+# of a bit operation, which CPython does not specialise. Built from the rules above.
+_MARKS_AFTER = tuple(
+    tuple(_marks_after(marks, flags) for flags in range(256)) for marks in range(32)
+)
+"""By marks (below 32), then flags."""
+_OPENS = tuple(flags & (SYN | ACK) == SYN for flags in range(256))
+"""A SYN without ACK: the packet that opens a connection."""
+_RESETS = tuple(bool(flags & RST) for flags in range(256))
+_CLOSES = tuple(bool(flags & (RST | FIN)) for flags in range(256))
+"""RST or FIN: the first one starts a flow's close linger."""
 
 # Shared int objects, so that a flow holding common values costs a pointer, not a new int.
 _TTL_BITS = tuple(1 << ttl for ttl in range(256))
@@ -87,7 +117,7 @@ _U64 = struct.Struct("<Q")
 _PLAIN_SYN = ~(ECE | CWR) & 0xFF
 
 
-def pack_syn(packet: Packet) -> Optional[int]:
+def pack_syn(packet: PacketFields) -> Optional[int]:
     """The packed form of a flow that has only this SYN, or None if it needs a `Flow`."""
     ts, _, flags, seq, ack, window, ttl, ip_id, df, _, options = packet
     if flags & _PLAIN_SYN != SYN:
@@ -148,26 +178,35 @@ class Flow:
     ttls: int
     resets: Optional[tuple[Reset, ...]]
 
-    def __init__(self, packet: Packet) -> None:
+    def __init__(self, packet: PacketFields) -> None:
         ts, key, flags, seq, ack, window, ttl, ip_id, df, _, options = packet
         self.key = key
         self.first_ts = self.last_ts = ts
-        self.packets = 0
-        self.syn_seq = None
-        self.syn_ipid = 0
-        self.syn = None
-        self.marks = 0
-        self.ttls = 0
         self.resets = None
-        if flags & (SYN | ACK) == SYN:
+        if _OPENS[flags]:
             self.syn_seq = seq
             self.syn_ipid = _U16_INTS[ip_id]
             fields = (ttl, _U16_INTS[window], df, ack, options)
-            index = _signature_index(fields)
+            index = _SIGNATURE_INDEX.get(fields)
+            if index is None:
+                index = _signature_index(fields)
             self.syn = _SIGNATURE_LIST[index] if index >= 0 else SynSignature(*fields)
+            if not _CLOSES[flags]:
+                # What `absorb` makes of a lone SYN, set directly: nearly every flow starts so.
+                self.packets = 1
+                self.marks = 0
+                self.ttls = _TTL_BITS[ttl]
+                return
+        else:
+            self.syn_seq = None
+            self.syn_ipid = 0
+            self.syn = None
+        self.packets = 0
+        self.marks = 0
+        self.ttls = 0
         self.absorb(packet)
 
-    def absorb(self, packet: Packet) -> None:
+    def absorb(self, packet: PacketFields) -> None:
         """Add one packet to the summary. Every update commutes with every other."""
         # One unpack instead of many attribute reads: this runs for every packet.
         ts, _, flags, _, ack, _, ttl, _, _, _, _ = packet
@@ -176,23 +215,15 @@ class Flow:
             self.last_ts = ts
         elif ts < self.first_ts:
             self.first_ts = ts
-        marks = self.marks
-        if flags & RST:
-            reset = Reset(bool(flags & ACK), ack, ttl)
+        if _RESETS[flags]:
+            reset = _new_reset(Reset, (flags & ACK != 0, ack, ttl))
             self.resets = (reset,) if self.resets is None else (*self.resets, reset)
         else:
             bit = _TTL_BITS[ttl]
             ttls = self.ttls
             if not ttls & bit:
                 self.ttls = ttls | bit if ttls else bit
-            if not flags & SYN:
-                if flags & ACK:
-                    marks |= ESTABLISHED
-                if flags & PSH:
-                    marks |= DATA_MORE if marks & DATA_ONE else DATA_ONE
-        if flags & FIN:
-            marks |= FIN_SEEN
-        self.marks = marks
+        self.marks = _MARKS_AFTER[self.marks][flags]
 
     @property
     def family(self) -> int:
@@ -281,38 +312,68 @@ class FlowTable:
         flow = self._flows.get(key)
         return unpack_syn(key, flow) if isinstance(flow, int) else flow
 
-    def add(self, packet: Packet) -> None:
+    def add(self, packet: PacketFields) -> None:
         """Feed one ingress packet of a sampled connection."""
+        self.add_many((packet,))
+
+    def add_many(self, packets: Iterable[PacketFields], newest: float = -math.inf) -> float:
+        """Feed packets in order, exactly as `add` would one by one.
+
+        Returns the newest of `newest` and the packets' timestamps (replay's clock), noted on
+        the way because a second pass over the packets would cost more.
+        """
+        # The per-packet hot path, a loop here rather than a call per packet. `Flow.absorb`
+        # is inlined (the call would cost as much as the update): keep the two in step.
         flows = self._flows
-        flow = flows.pop(packet[1], None)
-        flags = packet[2]
-        is_syn = flags & (SYN | ACK) == SYN
-        if flow is None:
-            if not is_syn:
-                self._stray(packet)
-                return
-            self._start(packet)
-            return
-        if isinstance(flow, int):
-            flow = unpack_syn(packet[1], flow)
-        if is_syn and packet[3] != flow.syn_seq:
-            # Port reuse: a new connection on the same ports.
-            self._end(flow, None if flow.closing else Exclusion.SUPERSEDED)
-            self._start(packet)
-            return
-        # Only a RST or FIN can start the close linger; test the others cheaply.
-        starts_closing = flags & (RST | FIN) and not flow.closing
-        flow.absorb(packet)
-        if is_syn:
-            flow.marks |= SYN_REPEATED
-        if flow.packets >= MAX_PACKETS:
-            self._end(flow, None)
-            return
-        # Re-insert under the flow's own key object: the packet's equal copy would cost a
-        # second bytes object per flow for as long as the flow is held.
-        flows[flow.key] = flow
-        if starts_closing:
-            self._closing.append((packet[0] + self.close_linger, flow))
+        for packet in packets:
+            ts, key, flags, seq, ack, _, ttl, _, _, _, _ = packet
+            if ts > newest:
+                newest = ts
+            flow = flows.pop(key, None)
+            if flow is None:
+                if _OPENS[flags]:
+                    self._start(packet)
+                else:
+                    self._stray(packet)
+                continue
+            if isinstance(flow, int):
+                flow = unpack_syn(key, flow)
+            marks = flow.marks
+            resets = flow.resets
+            if _OPENS[flags]:
+                if seq != flow.syn_seq:
+                    # Port reuse: a new connection on the same ports.
+                    superseded = resets is None and not marks & FIN_SEEN
+                    self._end(flow, Exclusion.SUPERSEDED if superseded else None)
+                    self._start(packet)
+                    continue
+                marks |= SYN_REPEATED
+            # Whether this packet starts the close linger: the flow's first RST or FIN.
+            starts_closing = _CLOSES[flags] and resets is None and not marks & FIN_SEEN
+            count = flow.packets + 1
+            flow.packets = count
+            if ts > flow.last_ts:
+                flow.last_ts = ts
+            elif ts < flow.first_ts:
+                flow.first_ts = ts
+            if _RESETS[flags]:
+                reset = _new_reset(Reset, (flags & ACK != 0, ack, ttl))
+                flow.resets = (reset,) if resets is None else (*resets, reset)
+            else:
+                bit = _TTL_BITS[ttl]
+                ttls = flow.ttls
+                if not ttls & bit:
+                    flow.ttls = ttls | bit if ttls else bit
+            flow.marks = _MARKS_AFTER[marks][flags]
+            if count >= MAX_PACKETS:
+                self._end(flow, None)
+                continue
+            # Re-insert (the most recently active last) under the flow's own key object: the
+            # packet's equal copy would cost a second bytes object per flow while it is held.
+            flows[flow.key] = flow
+            if starts_closing:
+                self._closing.append((ts + self.close_linger, flow))
+        return newest
 
     def sweep(self, now: float, budget: int = 1024) -> int:
         """Judge flows whose close linger or idle timeout has passed by `now`.
@@ -355,21 +416,22 @@ class FlowTable:
             on_end(_as_flow(key, held), Exclusion.TRUNCATED)
         self._closing.clear()
 
-    def _start(self, packet: Packet) -> None:
+    def _start(self, packet: PacketFields) -> None:
         flows = self._flows
         if len(flows) >= self.max_flows:
             self._evict()
-        self._ended.pop(packet.key, None)
+        key = packet[1]
+        self._ended.pop(key, None)
         self.stats.started += 1
         if len(flows) >= self.pack_above:
             packed = pack_syn(packet)
             if packed is not None:
-                flows[packet.key] = packed
+                flows[key] = packed
                 return
         flow = Flow(packet)
-        flows[packet.key] = flow
+        flows[key] = flow
         if flow.closing:
-            self._closing.append((packet.ts + self.close_linger, flow))
+            self._closing.append((packet[0] + self.close_linger, flow))
 
     def _evict(self) -> None:
         """Make room by ending the least recently active 1% of flows as evicted.
@@ -383,12 +445,13 @@ class FlowTable:
             del flows[key]
             self._end(_as_flow(key, held), Exclusion.EVICTED)
 
-    def _stray(self, packet: Packet) -> None:
+    def _stray(self, packet: PacketFields) -> None:
         """A packet with no flow and no SYN."""
-        if packet.key in self._ended:
+        key = packet[1]
+        if key in self._ended:
             self.stats.late_packets += 1
             return
-        self._remember_ended(packet.key)
+        self._remember_ended(key)
         self._on_end(Flow(packet), Exclusion.NO_SYN)
 
     def _end(self, flow: Flow, excluded: Optional[Exclusion]) -> None:

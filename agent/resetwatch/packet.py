@@ -27,9 +27,16 @@ CWR = 0x80
 _IPV4 = struct.Struct("!BxHHHBB")  # version/ihl, total length, id, flags/fragment, ttl, proto
 # The common shapes in one unpack each: IPv4 with a 20-byte header, IPv6 with TCP right after
 # the fixed header. Addresses and ports are adjacent on the wire there, so the flow key is one
-# field.
-_IPV4_TCP = struct.Struct("!2xHHHBB2x12sIIHH")
-_IPV6_TCP = struct.Struct("!4xH2xB36sIIHH")
+# field. The IPv4 flags/fragment field and TCP's data offset/flags are read a byte at a time:
+# ints below 256 are shared objects, where a 16-bit field would cost an allocation.
+_IPV4_TCP = struct.Struct("!2xHHBBBB2x12sIIBBH")
+_IPV6_TCP = struct.Struct("!4xHxB36sIIBBH")
+# Tests on those bytes as lookups: an index costs a fraction of a bit operation (which CPython
+# does not specialise), and these run for every packet.
+_TCP_HEADER_LEN = tuple((byte >> 4) * 4 for byte in range(256))  # from the data offset byte
+_FRAGMENT_HIGH = tuple(byte & 0x1F for byte in range(256))  # fragment offset bits, high byte
+_DONT_FRAGMENT = tuple(byte & 0x40 != 0 for byte in range(256))
+_HAS_SYN = tuple(byte & SYN != 0 for byte in range(256))
 _IPV6 = struct.Struct("!HBB")  # payload length, next header, hop limit
 _TCP = struct.Struct("!4xIIHH")  # seq, ack, data offset/flags, window
 _U16 = struct.Struct("!H")
@@ -100,7 +107,13 @@ class Packet(NamedTuple):
 
 ParseResult = Union[Packet, Invalid]
 
-# NamedTuple's generated __new__ is a Python function; the parser builds the tuple directly.
+PacketFields = tuple[float, bytes, int, int, int, int, int, int, bool, int, str]
+"""A `Packet`'s fields, in its order, as a plain tuple: what the capture reader hands the flow
+table. Building one costs a third of building the NamedTuple, and the table only indexes it."""
+
+FieldsResult = Union[PacketFields, Invalid]
+
+# NamedTuple's generated __new__ is a Python function; `parse_ip` builds the tuple directly.
 _new_packet = tuple.__new__
 
 
@@ -131,6 +144,14 @@ def make_key(src: str, sport: int, dst: str, dport: int) -> bytes:
 
 _OPTION_NAMES = {2: "M", 3: "W", 4: "S", 5: "K", 8: "T", 30: "P", 34: "F"}
 
+# Fingerprints already computed, keyed by the options bytes with the value of the timestamps
+# option zeroed (those 8 bytes differ on every SYN; nothing else of a client's options usually
+# does). Bounded: a flood of random options must not grow it.
+_FINGERPRINTS: dict[bytes, str] = {}
+_FINGERPRINTS_MAX = 4096
+_TIMESTAMPS_HEAD = b"\x08\x0a"  # kind 8, length 10
+_STAMPS_ZEROED = bytes(8)
+
 
 def options_fingerprint(buf: bytes, start: int, end: int) -> str:
     """A compact, comparable text form of a TCP options block.
@@ -140,7 +161,20 @@ def options_fingerprint(buf: bytes, start: int, end: int) -> str:
     open, `X<kind>` any other kind, and `?` where the block is malformed or cut off. The
     string is interned: flows from one kind of client share one object.
     """
+    # The cache key zeroes the 8 value bytes after the first `08 0a` of the block, if there
+    # are 8. It is only stored when the walk found the timestamps option right there: then any
+    # block with the same key walks the same options to the same place (same length, same
+    # bytes elsewhere), and has the same fingerprint.
+    block = buf[start:end]
+    at = block.find(_TIMESTAMPS_HEAD)
+    key = block
+    if 0 <= at <= len(block) - 10:
+        key = block[: at + 2] + _STAMPS_ZEROED + block[at + 10 :]
+    text = _FINGERPRINTS.get(key)
+    if text is not None:
+        return text
     tokens: list[str] = []
+    stamps_at = -1
     i = start
     while i < end:
         kind = buf[i]
@@ -163,47 +197,62 @@ def options_fingerprint(buf: bytes, start: int, end: int) -> str:
         elif kind == 3 and length == 3:
             tokens.append(f"W{buf[i + 2]}")
         else:
+            if kind == 8 and length == 10 and stamps_at < 0:
+                stamps_at = i - start
             tokens.append(_OPTION_NAMES.get(kind) or f"X{kind}")
         i += length
-    return sys.intern(",".join(tokens))
+    text = sys.intern(",".join(tokens))
+    if stamps_at == at:
+        if len(_FINGERPRINTS) >= _FINGERPRINTS_MAX:
+            _FINGERPRINTS.clear()
+        _FINGERPRINTS[key] = text
+    return text
 
 
 def parse_ip(buf: bytes, ts: float, offset: int = 0) -> ParseResult:
     """Parse the IP packet that starts at `offset` in `buf`."""
-    size = len(buf)
-    if size - offset < 1:
+    fields = parse_fields(buf, ts, offset, len(buf))
+    if isinstance(fields, Invalid):
+        return fields
+    return _new_packet(Packet, fields)
+
+
+def parse_fields(buf: bytes, ts: float, offset: int, end: int) -> FieldsResult:
+    """Parse the IP packet `buf[offset:end]` into a `Packet`'s fields as a plain tuple.
+
+    Takes the span rather than a copy of it: a capture reader parses in its read buffer.
+    """
+    if end - offset < 1:
         return Invalid.TRUNCATED
     first = buf[offset]
-    if first == 0x45 and size - offset >= 40:
-        total_len, ip_id, frag, ttl, proto, key, seq, ack, off_flags, window = (
+    if first == 0x45 and end - offset >= 40:
+        total_len, ip_id, frag_high, frag_low, ttl, proto, key, seq, ack, doff, flags, window = (
             _IPV4_TCP.unpack_from(buf, offset)
         )
-        if proto == _IPPROTO_TCP and not frag & 0x1FFF:
-            doff = (off_flags >> 12) * 4
+        if proto == _IPPROTO_TCP and not (_FRAGMENT_HIGH[frag_high] or frag_low):
+            doff = _TCP_HEADER_LEN[doff]
             payload_len = total_len - 20 - doff
             if doff >= 20 and payload_len >= 0:
-                flags = off_flags & 0xFF
                 options = ""
-                if flags & SYN:
-                    options = options_fingerprint(buf, offset + 40, min(offset + 20 + doff, size))
-                return _new_packet(
-                    Packet,
-                    (ts, key, flags, seq, ack, window, ttl, ip_id, bool(frag & 0x4000),
-                     payload_len, options),
-                )
-    elif first >> 4 == 6 and size - offset >= 60 and buf[offset + 6] == _IPPROTO_TCP:
-        payload_len6, ttl, key, seq, ack, off_flags, window = _IPV6_TCP.unpack_from(buf, offset)
-        doff = (off_flags >> 12) * 4
+                if _HAS_SYN[flags]:
+                    options = options_fingerprint(buf, offset + 40, min(offset + 20 + doff, end))
+                df = _DONT_FRAGMENT[frag_high]
+                return (ts, key, flags, seq, ack, window, ttl, ip_id, df, payload_len, options)
+    elif first >> 4 == 6 and end - offset >= 60 and buf[offset + 6] == _IPPROTO_TCP:
+        payload_len6, ttl, key, seq, ack, doff, flags, window = _IPV6_TCP.unpack_from(buf, offset)
+        doff = _TCP_HEADER_LEN[doff]
         payload_len = payload_len6 - doff
         if doff >= 20 and payload_len >= 0:
-            flags = off_flags & 0xFF
             options = ""
-            if flags & SYN:
-                options = options_fingerprint(buf, offset + 60, min(offset + 40 + doff, size))
-            return _new_packet(
-                Packet, (ts, key, flags, seq, ack, window, ttl, 0, False, payload_len, options)
-            )
-    # Everything else, including every malformed packet, takes the general path.
+            if _HAS_SYN[flags]:
+                options = options_fingerprint(buf, offset + 60, min(offset + 40 + doff, end))
+            return (ts, key, flags, seq, ack, window, ttl, 0, False, payload_len, options)
+    return _parse_general(buf, ts, offset, end)
+
+
+def _parse_general(buf: bytes, ts: float, offset: int, size: int) -> FieldsResult:
+    """Every packet the fast paths above do not take, including every malformed one."""
+    first = buf[offset]
     version = first >> 4
     if version == 4:
         if size - offset < 20:
@@ -266,9 +315,7 @@ def parse_ip(buf: bytes, ts: float, offset: int = 0) -> ParseResult:
     options = ""
     if flags & SYN:
         options = options_fingerprint(buf, l4 + 20, min(l4 + doff, size))
-    return _new_packet(
-        Packet, (ts, key, flags, seq, ack, window, ttl, ip_id, df, payload_len, options)
-    )
+    return (ts, key, flags, seq, ack, window, ttl, ip_id, df, payload_len, options)
 
 
 def flag_names(flags: int) -> str:

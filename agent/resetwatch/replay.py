@@ -8,8 +8,8 @@ from collections.abc import Iterable, Sequence
 from typing import Callable, Optional, Union
 
 from .engine import Engine
-from .packet import Invalid, Packet
-from .pcap import CaptureError, read_packets
+from .packet import Invalid
+from .pcap import CaptureError, read_batches
 
 SWEEP_EVERY = 4096
 """Packets between two sweeps: often enough to keep the table small, rarely enough that the
@@ -80,39 +80,44 @@ def replay(
     """
     stats = ReplayStats()
     clock = float("-inf")
-    countdown = SWEEP_EVERY
-    feed = engine.feed
+    countdown = SWEEP_EVERY  # packets to feed until the next sweep
+    feed_many = engine.feed_many
     count_invalid = engine.count_invalid
     try:
         for path in paths:
             stats.files += 1
-            records = packets = egress = 0
+            records = invalid = egress = 0
             try:
-                for item in read_packets(path):
-                    records += 1
-                    if type(item) is Packet:
-                        if is_ingress is not None and not is_ingress(item[1]):
-                            egress += 1
-                            continue
-                        ts = item[0]
-                        if ts > clock:
-                            clock = ts
-                        feed(item)
-                        packets += 1
-                        countdown -= 1
+                for batch in read_batches(path):
+                    records += len(batch)
+                    packets = [item for item in batch if not isinstance(item, Invalid)]
+                    if len(packets) != len(batch):
+                        for item in batch:
+                            if isinstance(item, Invalid):
+                                count_invalid(item)
+                                invalid += 1
+                    if is_ingress is not None:
+                        ingress = [p for p in packets if is_ingress(p[1])]
+                        egress += len(packets) - len(ingress)
+                        packets = ingress
+                    # In runs that end where a sweep is due: as if fed packet by packet.
+                    start, end = 0, len(packets)
+                    while start < end:
+                        stop = min(end, start + countdown)
+                        run = packets if stop - start == end else packets[start:stop]
+                        clock = feed_many(run, clock)
+                        countdown -= stop - start
+                        start = stop
                         if not countdown:
                             countdown = SWEEP_EVERY
                             engine.sweep(clock, budget=1 << 30)
-                    else:
-                        assert isinstance(item, Invalid)
-                        count_invalid(item)
             except CaptureError as error:
                 stats.errors.append(str(error))
             except OSError as error:
                 stats.errors.append(f"{os.fspath(path)}: {error.strerror or error}")
             finally:
                 stats.records += records
-                stats.packets += packets
+                stats.packets += records - invalid - egress
                 stats.egress += egress
     finally:
         stats.clock = clock if clock != float("-inf") else 0.0

@@ -42,19 +42,43 @@ class Summary:
     """A sink that counts categories, outcomes, tags and exclusions."""
 
     def __init__(self) -> None:
-        self.categories: Counter[Category] = Counter({c: 0 for c in Category})
-        self.outcomes: Counter[tuple[Stage, Outcome]] = Counter()
-        self.tags: Counter[Tag] = Counter()
+        self._categories: Counter[Category] = Counter({c: 0 for c in Category})
+        self._outcomes: Counter[tuple[Stage, Outcome]] = Counter()
+        self._tags: Counter[Tag] = Counter()
+        self._unfolded: dict[Verdict, int] = {}
+        """Flows judged per verdict, not yet added to the counters above. Verdicts are a few
+        dozen distinct ones: one dict update per flow instead of one per counter and tag."""
         self.excluded_by: Counter[Exclusion] = Counter({e: 0 for e in Exclusion})
         self.first_ts: Optional[float] = None
         self.last_ts: Optional[float] = None
 
+    @property
+    def categories(self) -> Counter[Category]:
+        self._fold()
+        return self._categories
+
+    @property
+    def outcomes(self) -> Counter[tuple[Stage, Outcome]]:
+        self._fold()
+        return self._outcomes
+
+    @property
+    def tags(self) -> Counter[Tag]:
+        self._fold()
+        return self._tags
+
+    def _fold(self) -> None:
+        # In order of the verdicts' first flows: counter keys appear in the order of theirs.
+        for (stage, outcome, category, tags), count in self._unfolded.items():
+            self._categories[category] += count
+            self._outcomes[stage, outcome] += count
+            for tag in tags:
+                self._tags[tag] += count
+        self._unfolded.clear()
+
     def judged(self, flow: Flow, verdict: Verdict) -> None:
-        stage, outcome, category, tags = verdict
-        self.categories[category] += 1
-        self.outcomes[stage, outcome] += 1
-        for tag in tags:
-            self.tags[tag] += 1
+        unfolded = self._unfolded
+        unfolded[verdict] = unfolded.get(verdict, 0) + 1
         self._span(flow)
 
     def excluded(self, flow: Flow, reason: Exclusion) -> None:

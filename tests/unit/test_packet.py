@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import (
     IPv6,
@@ -13,7 +17,19 @@ from scapy.layers.inet6 import (
 )
 from scapy.packet import Raw
 
-from resetwatch.packet import ACK, PSH, RST, SYN, Invalid, Packet, flag_names, parse_ip
+from resetwatch import packet as packet_module
+from resetwatch.packet import (
+    ACK,
+    PSH,
+    RST,
+    SYN,
+    Invalid,
+    Packet,
+    flag_names,
+    options_fingerprint,
+    parse_fields,
+    parse_ip,
+)
 
 WINDOWS_OPTS = [("MSS", 1460), ("NOP", None), ("WScale", 8), ("NOP", None), ("NOP", None),
                 ("SAckOK", b"")]
@@ -76,6 +92,81 @@ def test_ipv6_walks_extension_headers(ext: object) -> None:
     assert (p.family, p.src, p.dst, p.sport, p.dport) == (6, "2001:db8::7", "2001:db8::1", 5,
                                                           443)
     assert (p.flags, p.ack, p.ttl, p.payload_len) == (RST, 77, 61, 3)
+
+
+@pytest.mark.parametrize("flags", ["S", "SEC", "A", "PA", "EA", "CA", "CPA", "FA", "RA", "R"])
+@pytest.mark.parametrize("version", [4, 6])
+def test_every_field_whatever_the_flags(flags: str, version: int) -> None:
+    # The common shapes take a fast path with one unpack per packet: every field must come
+    # out the same as from the general one, whatever the flag bits next to the data offset.
+    if version == 4:
+        ip: object = IP(src="198.51.100.7", dst="203.0.113.1", ttl=61, id=4242, flags="DF")
+        src, dst = "198.51.100.7", "203.0.113.1"
+    else:
+        ip = IPv6(src="2001:db8::7", dst="2001:db8::1", hlim=61)
+        src, dst = "2001:db8::7", "2001:db8::1"
+    tcp = TCP(sport=40000, dport=443, flags=flags, seq=123456789, ack=987654321, window=29200,
+              options=[("MSS", 1440), ("NOP", None), ("WScale", 7)])
+    p = parse(ip / tcp / Raw(b"hello"))  # type: ignore[operator]
+    assert (p.family, p.src, p.sport, p.dst, p.dport) == (version, src, 40000, dst, 443)
+    assert (p.flags, p.seq, p.ack, p.window, p.ttl, p.payload_len) == (
+        int(tcp.flags), 123456789, 987654321, 29200, 61, 5)
+    assert (p.ip_id, p.df) == ((4242, True) if version == 4 else (0, False))
+    assert p.options == ("M1440,N,W7" if "S" in flags else "")
+
+
+def test_parsing_in_place_equals_parsing_a_copy() -> None:
+    rnd = random.Random(11)
+    bases = [
+        bytes(IP(flags="DF") / TCP(flags="S", options=WINDOWS_OPTS)),
+        bytes(IP(flags="MF") / TCP(flags="PA") / Raw(b"x" * 10)),
+        bytes(IPv6() / TCP(flags="SEC", options=[("Timestamp", (1, 2)), ("MSS", 1220)])),
+        bytes(IPv6() / IPv6ExtHdrHopByHop() / TCP(flags="RA")),
+    ]
+    for _ in range(5000):
+        base = rnd.choice(bases)
+        data = bytearray(base[: rnd.randrange(len(base) + 1)])
+        for _ in range(rnd.randrange(4)):
+            if data:
+                data[rnd.randrange(len(data))] = rnd.randrange(256)
+        pad = bytes(rnd.randrange(256) for _ in range(rnd.randrange(9)))
+        buf = pad + bytes(data) + pad
+        assert parse_fields(buf, 1.5, len(pad), len(pad) + len(data)) == parse_ip(bytes(data), 1.5)
+
+
+OPTION = st.sampled_from([
+    b"\x01", b"\x00", b"\x02\x04\x05\xb4", b"\x02\x04\x08\x0a", b"\x03\x03\x07", b"\x04\x02",
+    b"\x08\x0a" + bytes(8), b"\x08\x0a\x00\x00\x08\x0a\x00\x00\x00\x00", b"\x08\x0a", b"\x08\x09",
+    b"\x05\x0a" + bytes(8), b"\x22\x02", b"\x1e\x04\x08\x0a", b"\xfe",
+])
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    st.lists(OPTION, max_size=8).map(b"".join),
+    st.binary(min_size=8, max_size=8),
+    st.integers(0, 8),
+    st.lists(OPTION, max_size=2).map(b"".join),
+)
+def test_fingerprints_from_the_cache_are_those_of_the_walk(
+    block: bytes, stamps: bytes, cut: int, tail: bytes
+) -> None:
+    # The cache key zeroes the 8 bytes after the first `08 0a`: blocks that differ there,
+    # or are cut inside them, or go on after them, must each get their own walk's answer,
+    # whether that `08 0a` is a timestamps option or not.
+    at = block.find(b"\x08\x0a")
+    variants = [block, block + tail]
+    if at >= 0:
+        variants.append(block[: at + 2] + stamps[: max(0, len(block) - at - 2)] + block[at + 10 :])
+        variants.append(block[: at + 2 + cut])
+        variants.append(block[: at + 2 + cut] + tail)
+    fresh = {}
+    for b in variants:
+        packet_module._FINGERPRINTS.clear()
+        fresh[b] = options_fingerprint(b"\x01" + b, 1, 1 + len(b))
+    packet_module._FINGERPRINTS.clear()
+    for b in variants + variants[::-1]:
+        assert options_fingerprint(b + b"\x01", 0, len(b)) == fresh[b]
 
 
 BAD = [

@@ -16,7 +16,7 @@ from scapy.utils import PcapNgWriter, wrpcap
 
 from resetwatch import pcap
 from resetwatch.packet import ACK, FIN, PSH, RST, SYN, Invalid, Packet, ParseResult, parse_ip
-from resetwatch.pcap import CaptureError, ip_offset, read_packets
+from resetwatch.pcap import CaptureError, ip_offset, read_batches, read_packets
 
 # Linux cooked v2 arrived in scapy 2.5; without it the header is packed by hand.
 COOKED_LINUX_V2: Any = getattr(scapy.layers.l2, "CookedLinuxV2", None)
@@ -534,6 +534,44 @@ def test_nflog_record_without_payload_is_bad_link(tmp_path: Path) -> None:
     assert fields(last) == (*V4, ACK, 2, 8)
 
 
+def test_nflog_damaged_payload_length_in_the_usual_layout(tmp_path: Path) -> None:
+    # Records of one layout are decoded without walking their TLVs: a payload TLV whose
+    # length is impossible must still read as damaged, as the walk says, and no more.
+    good = nflog(bytes(tcp4("S", seq=1)))
+    payload_at = good.index(struct.pack("<H", NFULA_PAYLOAD)) - 2
+    damaged = good[:payload_at] + struct.pack("<H", 3) + good[payload_at + 2 :]
+    records = [(T0, 0, good), (T0, 1, good), (T0, 2, damaged), (T0, 3, good)]
+    path = write_pcap(tmp_path / "c.pcap", 239, records)
+    got = read_all(path)
+    assert got == expected(239, records)
+    assert got[2] is Invalid.BAD_LINK
+    assert [fields(got[i]) for i in (0, 1, 3)] == [(*V4, SYN, 1, 0)] * 3
+
+
+def test_batches_are_new_lists_of_plain_tuples(tmp_path: Path) -> None:
+    records = mixed_nflog_records(50)
+    path = write_pcap(tmp_path / "c.pcap", 239, records)
+    batches = list(read_batches(path))
+    assert len({id(batch) for batch in batches}) == len(batches)
+    items = [item for batch in batches for item in batch]
+    assert all(type(item) is tuple for item in items)
+    assert [_packet(item) for item in items] == read_all(path)
+
+
+def _packet(item: Any) -> Packet:
+    return Packet(*item)
+
+
+def test_batches_before_damage_are_yielded_then_the_error(tmp_path: Path) -> None:
+    good = bytes(ether() / tcp4("S", seq=1))
+    path = write_pcap(tmp_path / "c.pcap", 1, [(T0, 0, good), (T0, 0, good, 0x7FFFFFF0)], snaplen=0)
+    got: list[Any] = []
+    with pytest.raises(CaptureError):
+        for batch in read_batches(path):
+            got += batch
+    assert [item[3] for item in got] == [1]
+
+
 def test_nflog_payload_stops_at_its_tlv(tmp_path: Path) -> None:
     # A copy-range-truncated payload followed by another TLV must read as truncated, not
     # borrow the next TLV's bytes as TCP header.
@@ -599,6 +637,7 @@ def test_records_straddling_chunks(
     got = read_all(path)
     assert got == expected(239, records)
     assert [packet(item).seq for item in got] == list(range(200))
+    assert [item for batch in read_batches(path) for item in batch] == got
 
     ng = tmp_path / "c.pcapng"
     ng.write_bytes(

@@ -6,8 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from resetwatch.classify import ACKNUM_TAGS, RESET_SHAPES, Category, Outcome, Tag, classify
-from resetwatch.flows import MAX_PACKETS, Flow, pack_syn, packed_ts, unpack_syn
-from resetwatch.packet import CWR, ECE, SYN
+from resetwatch.flows import MAX_PACKETS, Flow, FlowTable, pack_syn, packed_ts, unpack_syn
+from resetwatch.packet import CWR, ECE, SYN, Packet
 
 from .factory import CLIENT6, pkt, run
 
@@ -67,6 +67,61 @@ def test_table_order_after_the_syn_never_changes_the_verdict(flow_packets, rnd) 
     two = run([syn, *retimed], end=1e6)
     assert one.verdicts == two.verdicts
     assert one.reasons == two.reasons
+
+
+def absorbed(packets: list[Packet]) -> Flow:
+    """The summary as `Flow` and `Flow.absorb` build it, one packet at a time."""
+    flow = Flow(packets[0])
+    for p in packets[1:]:
+        flow.absorb(p)
+    return flow
+
+
+@settings(max_examples=300, deadline=None)
+@given(flows)
+def test_the_table_summarises_as_flow_absorb_does(flow_packets) -> None:
+    # The table inlines `Flow.absorb` in its per-packet loop, and `Flow` shortcuts a lone SYN:
+    # both must build exactly the summary of the plain rules.
+    syn, rest = flow_packets
+    syn = syn._replace(ts=2.5)  # some packets before it: first_ts moves back
+    ended: list[Flow] = []
+    table = FlowTable(lambda flow, reason: ended.append(flow))
+    table.add_many([syn, *rest])
+    table.drain(1e6)
+    assert [summary(f) for f in ended] == [summary(absorbed([syn, *rest]))]
+    general = Flow.__new__(Flow)  # a lone SYN the long way: an empty summary, then absorb
+    general.key, general.first_ts, general.last_ts = syn.key, syn.ts, syn.ts
+    general.packets = general.marks = general.ttls = 0
+    general.resets = None
+    general.syn_seq, general.syn_ipid, general.syn = syn.seq, syn.ip_id, Flow(syn).syn
+    general.absorb(syn)
+    assert summary(general) == summary(Flow(syn))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(flows, min_size=1, max_size=4), st.randoms(use_true_random=False))
+def test_feeding_a_run_equals_feeding_one_by_one(many, rnd) -> None:
+    # Several flows' packets interleaved (the ACK-only ones of a flow may come before its SYN,
+    # then they are strays), a SYN repeated now and then: every path of the table.
+    packets: list[Packet] = []
+    for n, (syn, rest) in enumerate(many):
+        port = 40000 + n % 2  # flows 0 and 2 share ports: a new SYN supersedes
+        key = syn.key[:-4] + port.to_bytes(2, "big") + syn.key[-2:]
+        own = [syn._replace(seq=1000 + n), *rest, *([syn] if n == 1 else [])]
+        packets += [p._replace(key=key, ts=p.ts + n) for p in own]
+    rnd.shuffle(packets)
+    one: list[tuple] = []
+    run: list[tuple] = []
+    by_one = FlowTable(lambda flow, reason: one.append((summary(flow), reason)), close_linger=1)
+    in_run = FlowTable(lambda flow, reason: run.append((summary(flow), reason)), close_linger=1)
+    for p in packets:
+        by_one.add(p)
+    newest = in_run.add_many(packets, -1.0)
+    assert newest == max(-1.0, *(p.ts for p in packets))
+    for table in (by_one, in_run):
+        table.sweep(3.0)
+        table.drain(1e6)
+    assert one == run
 
 
 @settings(max_examples=500, deadline=None)

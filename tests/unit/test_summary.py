@@ -7,8 +7,11 @@ from decimal import Decimal
 from hypothesis import given
 from hypothesis import strategies as st
 
-from resetwatch.classify import Category
+from resetwatch.classify import Category, Outcome, Stage, Tag, Verdict
+from resetwatch.flows import Flow
 from resetwatch.summary import Summary, percent_shares
+
+from .factory import pkt
 
 
 def test_shares_sum_to_exactly_100() -> None:
@@ -36,3 +39,29 @@ def test_radar_shape_has_the_five_published_fields() -> None:
     assert body["success"] is True and body["errors"] == []
     assert list(body["result"]["summary_0"]) == [c.value for c in Category]
     assert body["result"]["meta"]["sampling_probability"] == 0.0001
+
+
+def test_counts_read_mid_way_and_written_directly_add_up() -> None:
+    # Judged flows are counted per verdict and folded into the counters when they are read;
+    # the counters must look as if every flow had been counted as it came, keys in the order
+    # of their first flows, and writes to them (the demo adds records' counts) must stay.
+    s, o, c, t = Stage, Outcome, Category, Tag
+    reset = Verdict(s.POST_ACK, o.RESET, c.POST_ACK, (t.RESET, t.SINGLE_RSTACK))
+    timeout = Verdict(s.POST_SYN, o.TIMEOUT, c.POST_SYN, (t.TIMEOUT,))
+    closed = Verdict(s.LATER, o.CLOSED, c.NO_MATCH, ())
+    flow = Flow(pkt("S", 1.0))
+    summary = Summary()
+    for verdict in (closed, reset, timeout, reset):
+        summary.judged(flow, verdict)
+    assert list(summary.outcomes) == [(s.LATER, o.CLOSED), (s.POST_ACK, o.RESET),
+                                      (s.POST_SYN, o.TIMEOUT)]
+    summary.judged(flow, timeout)
+    summary.categories[c.POST_SYN] += 10
+    summary.judged(flow, Verdict(s.POST_PSH, o.RESET, c.POST_PSH, (t.RESET, t.SINGLE_RST)))
+    assert summary.categories == {c.POST_SYN: 12, c.POST_ACK: 2, c.POST_PSH: 1,
+                                  c.LATER_IN_FLOW: 0, c.NO_MATCH: 1}
+    assert list(summary.tags.items()) == [(t.RESET, 3), (t.SINGLE_RSTACK, 2), (t.TIMEOUT, 2),
+                                          (t.SINGLE_RST, 1)]
+    assert summary.outcomes[s.POST_SYN, o.TIMEOUT] == 2
+    assert summary.classified == 16
+    assert (summary.first_ts, summary.last_ts) == (1.0, 1.0)
