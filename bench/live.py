@@ -769,6 +769,7 @@ def run_resetwatch(
             "--listen", f"127.0.0.1:{args.port}",
             "--backend", "iptables",
             "--nflog-group", str(GROUP),
+            "--state-dir", "",  # the history in memory: a bench writes nothing to the host
         ]  # fmt: skip
         with open(log_path, "w") as log:
             proc = lab.popen(

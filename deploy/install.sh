@@ -88,7 +88,9 @@ uninstall() {
         step "$OPT/bin/resetwatch" rules remove --backend nft --config /dev/null || true
     fi
     step rm -f "$UNIT"
-    step rm -rf "$OPT" "$ETC" "$STATE" "$ROOT/var/log/resetwatch"
+    # DynamicUser keeps the state and logs under private/ (the plain paths are symlinks).
+    step rm -rf "$OPT" "$ETC" "$STATE" "$ROOT/var/log/resetwatch" \
+        "$ROOT/var/lib/private/resetwatch" "$ROOT/var/log/private/resetwatch"
     if on_host; then
         step systemctl daemon-reload
     fi

@@ -1,10 +1,12 @@
 """`resetwatch run`: wires the NFLOG source to the engine and the outputs, and runs the loop.
 
-Order of start: bind NFLOG (so nothing the rules log is lost), install the rules, start the
-HTTP listener, then tell systemd READY. The loop wakes at least once a second; each pass
-sweeps the flow table, checks the rules on schedule and pings the watchdog, so the watchdog
-only hears from a loop that really runs. SIGTERM/SIGINT stop it: flows past a deadline are
-judged, the rest counted as truncated (never as timeouts), records flushed, rules removed.
+Order of start: load the history, bind NFLOG (so nothing the rules log is lost), install the
+rules, start the HTTP listener (metrics and the local API of api.py), then tell systemd READY.
+The loop wakes at least once a second; each pass sweeps the flow table, checks the rules on
+schedule and pings the watchdog, so the watchdog only hears from a loop that really runs.
+SIGTERM/SIGINT stop it: flows past a deadline are judged, the rest counted as truncated (never
+as timeouts), records flushed, rules removed, and the 15-minute history saved (it is also
+saved every minute, from the loop).
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Callable, Optional, Protocol
 
+from . import api
 from .config import Config, ConfigError, load
 from .engine import Engine, Sink
+from .history import History, HistoryFile
 from .metrics import AgentHealth, FlowCounts, build_registry
 from .nflog import NflogError
 from .notify import Notifier
@@ -35,6 +39,9 @@ GC_EVERY = 3600.0
 
 LOOP_WAKE = 1.0
 """Longest the loop sleeps with no traffic (seconds): bounds stop latency and sweep lag."""
+
+HISTORY_SAVE_EVERY = 60.0
+"""Seconds between saves of the history file: at most this much is lost in a crash."""
 
 
 class PacketSource(Protocol):
@@ -96,7 +103,16 @@ class Agent:
         self._records: Optional[IO[str]] = None
         self._writer: Optional[RecordWriter] = None
         self.counts = FlowCounts()
+        self.history = History(self.to_wall)
+        # An empty state_dir keeps the history in memory only.
+        self.history_file: Optional[HistoryFile] = None
+        if config.state_dir:
+            self.history_file = HistoryFile(config.state_dir, self.wall_now)
+        self._history_loaded = False
         self.health = AgentHealth(probability=config.probability, max_flows=config.max_flows)
+        if self.history_file is not None:
+            history_file = self.history_file
+            self.health.history_save_errors = lambda: history_file.save_errors
         self.registry = build_registry(self.counts, self.health)
         self.engine: Engine = self._make_engine(config)
         self.health.flows_active = lambda: len(self.engine.table)
@@ -112,11 +128,16 @@ class Agent:
         self._next_rules_check = 0.0
         self._next_watchdog = 0.0
         self._next_gc = clock() + GC_EVERY
+        self._next_history_save = clock() + HISTORY_SAVE_EVERY
 
     # ---- wiring -------------------------------------------------------------------------
 
     def to_wall(self, ts: float) -> float:
         return ts + self._wall_offset
+
+    def wall_now(self) -> float:
+        """Now, in epoch seconds, on the same clock the history's buckets use."""
+        return self.to_wall(self.clock())
 
     def _make_engine(self, config: Config) -> Engine:
         return Engine(
@@ -144,7 +165,7 @@ class Agent:
         self._writer = None
 
     def _sinks(self) -> list[Sink]:
-        sinks: list[Sink] = [self.counts]
+        sinks: list[Sink] = [self.counts, self.history]
         if self._writer is not None:
             sinks.append(self._writer)
         return sinks
@@ -153,6 +174,9 @@ class Agent:
 
     def start(self) -> None:
         config = self.config
+        if self.history_file is not None:
+            self.history_file.load(self.history)
+        self._history_loaded = True
         self._open_records(config.records)
         self.engine.sinks = self._sinks()
         try:
@@ -172,6 +196,9 @@ class Agent:
             self.http = HttpServer(config.listen_address, self.registry, self.healthy)
         except OSError as error:
             raise StartError(f"listen {config.listen}: {error.strerror}") from None
+        self.http.routes.update(
+            api.routes(self.history, self.wall_now, lambda: self.health.probability)
+        )
         self.http.start()
         log.info(
             "started: sampling %g of new TCP connections, NFLOG group %d, metrics on http://%s/metrics",
@@ -250,6 +277,9 @@ class Agent:
         if now >= self._next_gc:
             engine.collect_cycles()
             self._next_gc = now + GC_EVERY
+        if now >= self._next_history_save:
+            self.save_history()
+            self._next_history_save = now + HISTORY_SAVE_EVERY
         self._last_loop = now
         if now >= self._next_watchdog:
             self.notifier.watchdog()
@@ -282,9 +312,10 @@ class Agent:
             log.error("reload refused, keeping the running config: %s", error)
             return
         old = self.config
-        if new.listen != old.listen or new.nflog_group != old.nflog_group:
-            log.warning("listen and nflog_group changes take effect after a restart")
-            new = replace(new, listen=old.listen, nflog_group=old.nflog_group)
+        restart_keys = ("listen", "nflog_group", "state_dir")
+        if any(getattr(new, key) != getattr(old, key) for key in restart_keys):
+            log.warning("listen, nflog_group and state_dir changes take effect after a restart")
+            new = replace(new, **{key: getattr(old, key) for key in restart_keys})
         if new.records != old.records:
             try:
                 self._open_records(new.records)
@@ -330,6 +361,7 @@ class Agent:
         if self._writer is not None:
             self._writer.flush()
         self._close_records()
+        self.save_history()
         if self.backend is not None and not self.config.keep_rules:
             try:
                 self.backend.remove()
@@ -343,6 +375,15 @@ class Agent:
             self.http.stop()
             self.http = None
         self.notifier.close()
+
+    def save_history(self) -> None:
+        """Save the history file (never raises: a failure is logged and counted)."""
+        if not self._history_loaded:
+            return  # saving before loading would replace the saved counts with nothing
+        if self.history_file is not None:
+            self.history_file.save(self.history)
+        else:
+            self.history.prune(self.wall_now())
 
     # ---- reporting ----------------------------------------------------------------------
 

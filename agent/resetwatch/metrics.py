@@ -79,6 +79,7 @@ class AgentHealth:
     rules_repairs: int = 0
     reloads: int = 0
     last_packet_age: Callable[[], float] = lambda: 0.0
+    history_save_errors: Callable[[], int] = lambda: 0
 
 
 class AgentCollector(Collector):
@@ -211,6 +212,12 @@ class AgentCollector(Collector):
             "resetwatch_last_packet_age_seconds",
             "Seconds since the last packet arrived from NFLOG.",
             value=health.last_packet_age(),
+        )
+        yield CounterMetricFamily(
+            "resetwatch_history_save_errors",
+            "Failed saves of the 15-minute history to state_dir (read-only or full disk); "
+            "the agent keeps counting in memory and retries every minute.",
+            value=health.history_save_errors(),
         )
         info = InfoMetricFamily("resetwatch_build", "Version of the running agent.")
         info.add_metric([], {"version": __version__})

@@ -372,6 +372,7 @@ def _config(lab: Lab, records: Path, probability: object) -> str:
         f'records = "{records}"\n'
         "rules_check_interval = 1.0\n"
         f'interfaces = ["{lab.server_if}"]\n'
+        'state_dir = ""\n'  # the history in memory only: nothing written to the host
     )
 
 

@@ -64,9 +64,11 @@ def agent_flags(
     probability: str = "1",
     idle_timeout: float = 5.0,
     close_linger: float = 1.0,
+    state_dir: Optional[Path] = None,
 ) -> list[str]:
     """The flags of a lab agent: no config file, every setting on the command line, sampling
-    only what arrives on the server's lab interface (see the module's docstring)."""
+    only what arrives on the server's lab interface (see the module's docstring). Without a
+    `state_dir` the history is kept in memory only (never in the host's /var/lib)."""
     flags = [
         "--config", "/dev/null",
         "--probability", probability,
@@ -76,6 +78,7 @@ def agent_flags(
         "--backend", backend,
         "--rules-check-interval", "1",
         "--interfaces", lab.server_if,
+        "--state-dir", str(state_dir) if state_dir is not None else "",
     ]  # fmt: skip
     if records is not None:
         flags += ["--records", str(records)]

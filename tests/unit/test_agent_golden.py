@@ -72,10 +72,11 @@ def scenario() -> list[list[ParseResult]]:
 
 
 @pytest.fixture
-def agent_run():
+def agent_run(tmp_path: Path):
     clock = FakeClock()
     source = ScriptedSource(scenario(), clock)
-    config = Config(listen="127.0.0.1:0", no_rules=True, idle_timeout=30.0, close_linger=5.0)
+    config = Config(listen="127.0.0.1:0", no_rules=True, idle_timeout=30.0, close_linger=5.0,
+                    state_dir=str(tmp_path / "state"))
     agent = Agent(config, clock=clock, wall=lambda: 1.7e9, open_source=lambda c, k: source)
     agent.start()
     try:

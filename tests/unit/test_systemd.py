@@ -78,7 +78,7 @@ class Clock:
 
 def make_agent(path: str, source: IdleSource) -> Agent:
     env = {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "2000000"}
-    return Agent(Config(listen="127.0.0.1:0", no_rules=True), clock=Clock(),
+    return Agent(Config(listen="127.0.0.1:0", no_rules=True, state_dir=""), clock=Clock(),
                  notifier=Notifier(env), open_source=lambda c, k: source)
 
 
@@ -118,8 +118,9 @@ def test_ready_comes_after_the_group_is_bound_and_the_rules_are_installed(
         return IdleSource()
 
     env = {"NOTIFY_SOCKET": path}
-    agent = Agent(Config(listen="127.0.0.1:0"), clock=Clock(), notifier=Notifier(env),
-                  open_source=bind, rules_backend=lambda name: RecordingBackend())  # type: ignore
+    agent = Agent(Config(listen="127.0.0.1:0", state_dir=""), clock=Clock(),
+                  notifier=Notifier(env), open_source=bind,
+                  rules_backend=lambda name: RecordingBackend())  # type: ignore
     agent.start()
     assert steps == ["bound", "rules"]
     assert messages(sock)[0].startswith("READY=1")
@@ -166,7 +167,7 @@ def test_sigterm_sends_stopping_and_exits_zero(notify_socket, tmp_path: Path) ->
         "        return dict(packets=0, seq_gaps=0, truncated_messages=0, enobufs=0,"
         " rcvbuf_bytes=0)\n"
         "    def close(self): pass\n"
-        "agent = Agent(Config(listen='127.0.0.1:0', no_rules=True),"
+        "agent = Agent(Config(listen='127.0.0.1:0', no_rules=True, state_dir=''),"
         " open_source=lambda c, k: Idle())\n"
         "sys.exit(agent.run())\n"
     )

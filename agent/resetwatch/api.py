@@ -1,0 +1,434 @@
+"""The agent's local API, in the shape of Cloudflare Radar's TCP resets and timeouts dataset.
+
+Scripts written for Radar's `/radar/tcp_resets_timeouts/{summary,timeseries_groups}` work
+against `/api/v1/tcp_resets_timeouts/...` here: the same query parameters, the same envelope
+(`success`, `errors`, `result`), the same five fields as percent strings summing to 100.
+Radar's filters that one server cannot apply (asn, location, continent) are refused with a 400
+naming the parameter, never ignored: a script asking for one ASN must not silently get every
+client. Other unknown parameters are ignored. Our own additions live in
+`meta` (the counts behind the shares, the sampling probability) and in `/api/v1/tags`.
+
+The renderers are pure functions of (history snapshot, query, now, sampling probability);
+`routes` binds them to a live `History` for the HTTP server. docs/operations.md describes
+the parameters, defaults and errors for users.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable, Optional
+
+from .classify import Category, Stage, Tag
+from .flows import Exclusion
+from .history import BUCKET_SECONDS, RETENTION_SECONDS, Bucket, History, Snapshot
+from .server import Response, Route
+from .summary import percent_shares
+
+Query = dict[str, list[str]]
+
+PREFIX = "/api/v1"
+SUMMARY = PREFIX + "/tcp_resets_timeouts/summary"
+TIMESERIES = PREFIX + "/tcp_resets_timeouts/timeseries_groups"
+TAGS = PREFIX + "/tags"
+
+DEFAULT_RANGE = "1d"
+"""The range when the query names none (our choice; Radar's own default is not documented)."""
+MAX_SERIES = 10
+
+AGG_INTERVALS: dict[str, tuple[int, str]] = {
+    "15m": (900, "FIFTEEN_MINUTES"),
+    "1h": (3600, "ONE_HOUR"),
+    "1d": (86400, "ONE_DAY"),
+    "1w": (7 * 86400, "ONE_WEEK"),
+}
+WEEK_START = 4 * 86400
+"""Weeks start on Monday 00:00 UTC; the epoch (1970-01-01) was a Thursday."""
+
+UNSUPPORTED = {
+    "asn": "per-ASN",
+    "location": "per-location",
+    "continent": "per-continent",
+}
+"""Radar filters a single server's agent cannot apply (it sees one server's clients only)."""
+
+_DURATION = re.compile(r"^(\d{1,6})([mhdw])(control)?$", re.IGNORECASE)
+_UNIT_SECONDS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_ALLOWED_RANGES = "15m, 1h, 12h, 1d, 2d, 7d or 1w (a multiple of 15m, at most 7d; a Control suffix, e.g. 1dControl, gives the period just before)"  # noqa: E501
+_JSON = "application/json"
+_CSV = "text/csv; charset=utf-8"
+
+
+class ApiError(ValueError):
+    """A query the API refuses: HTTP 400, with a message that starts with the parameter."""
+
+    def __init__(self, parameter: str, message: str) -> None:
+        super().__init__(f"{parameter}: {message}")
+        self.parameter = parameter
+
+
+@dataclass(frozen=True)
+class Span:
+    """One series' range: bucket-aligned epoch seconds, `end` exclusive."""
+
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class Request:
+    spans: list[Span]
+    keys: list[str]
+    """The result key of each series: `summary_0`, `serie_0`, ... or the `name` given."""
+    agg: str
+    csv: bool
+
+    @property
+    def bounds(self) -> tuple[int, int]:
+        return min(s.start for s in self.spans), max(s.end for s in self.spans)
+
+
+# ---- time -------------------------------------------------------------------------------------
+
+
+def iso(epoch: float) -> str:
+    return datetime.fromtimestamp(int(epoch), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _floor(t: float, step: int = BUCKET_SECONDS, offset: int = 0) -> int:
+    return int((t - offset) // step) * step + offset
+
+
+def _ceil(t: float, step: int = BUCKET_SECONDS) -> int:
+    return math.ceil(t / step) * step
+
+
+def agg_start(t: int, agg: str) -> int:
+    """The start of the aggregation interval holding epoch second `t`."""
+    step = AGG_INTERVALS[agg][0]
+    return _floor(t, step, WEEK_START if agg == "1w" else 0)
+
+
+def _instant(text: str, parameter: str) -> float:
+    value = text.strip()
+    if "T" in value:
+        value = value.replace(" ", "+")  # an unescaped "+01:00" arrives as " 01:00"
+    if value[-1:] in ("Z", "z"):
+        value = value[:-1] + "+00:00"
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise ApiError(
+            parameter, f"{text!r} is not an ISO 8601 time such as 2026-11-22T10:00:00Z"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when.timestamp()
+
+
+# ---- the query --------------------------------------------------------------------------------
+
+
+def _values(query: Query, name: str) -> list[str]:
+    """Every value of a parameter, repeated (`a=1&a=2`) or comma-separated (`a=1,2`)."""
+    return [v.strip() for raw in query.get(name, []) for v in raw.split(",") if v.strip()]
+
+
+def _one(query: Query, name: str) -> Optional[str]:
+    values = _values(query, name)
+    if len(values) > 1:
+        raise ApiError(name, f"give one value, not {len(values)}")
+    return values[0] if values else None
+
+
+def _range_span(text: str, now_end: int) -> Span:
+    match = _DURATION.match(text)
+    if not match:
+        raise ApiError("dateRange", f"{text!r} is not a range such as {_ALLOWED_RANGES}")
+    seconds = int(match[1]) * _UNIT_SECONDS[match[2].lower()]
+    if seconds <= 0 or seconds % BUCKET_SECONDS:
+        raise ApiError(
+            "dateRange", f"{text!r} is not a positive multiple of 15m ({_ALLOWED_RANGES})"
+        )
+    reach = seconds * (2 if match[3] else 1)
+    if reach > RETENTION_SECONDS:
+        raise ApiError(
+            "dateRange",
+            f"{text!r} reaches back {reach // 3600}h, beyond the 7 days (168h) this agent keeps",
+        )
+    end = now_end - (seconds if match[3] else 0)
+    return Span(end - seconds, end)
+
+
+def _explicit_spans(starts: list[str], ends: list[str], now: float) -> list[Span]:
+    now_end = _ceil(now)
+    earliest = now_end - RETENTION_SECONDS
+    if ends and starts and len(ends) != len(starts):
+        raise ApiError("dateEnd", f"{len(ends)} values for {len(starts)} dateStart values")
+    default_span = _range_span(DEFAULT_RANGE, now_end)
+    spans = []
+    for index in range(max(len(starts), len(ends))):
+        end = _instant(ends[index], "dateEnd") if ends else now
+        if starts:
+            start = _instant(starts[index], "dateStart")
+        else:
+            start = end - (default_span.end - default_span.start)
+        if start >= end:
+            raise ApiError(
+                "dateStart", f"{iso(start)} is not before dateEnd {iso(end)}"
+            )
+        if start < earliest - BUCKET_SECONDS:
+            raise ApiError(
+                "dateStart" if starts else "dateEnd",
+                f"{iso(start)} is older than the 7 days this agent keeps "
+                f"(earliest: {iso(earliest)})",
+            )
+        if start >= now_end:
+            raise ApiError("dateStart", f"{iso(start)} is in the future (now: {iso(now)})")
+        # Whole buckets only: the range grows to bucket edges and stops at the current one.
+        spans.append(Span(max(_floor(start), earliest), min(_ceil(end), now_end)))
+    return spans
+
+
+def parse(query: Query, now: float, prefix: str) -> Request:
+    """Check every parameter; `ApiError` names the first one refused."""
+    for name, what in UNSUPPORTED.items():
+        if name in query:
+            raise ApiError(
+                name,
+                f"this agent sees one server's connections and has no {what} breakdown; "
+                f"leave {name} out",
+            )
+    fmt = (_one(query, "format") or "json").lower()
+    if fmt not in ("json", "csv"):
+        raise ApiError("format", f"{fmt!r} is not one of json, csv")
+    ranges, starts, ends = (_values(query, n) for n in ("dateRange", "dateStart", "dateEnd"))
+    if ranges and (starts or ends):
+        raise ApiError("dateRange", "give either dateRange or dateStart/dateEnd, not both")
+    if starts or ends:
+        spans = _explicit_spans(starts, ends, now)
+    else:
+        spans = [_range_span(text, _ceil(now)) for text in ranges or [DEFAULT_RANGE]]
+    if len(spans) > MAX_SERIES:
+        raise ApiError("dateRange", f"{len(spans)} series asked, at most {MAX_SERIES}")
+    names = _values(query, "name")
+    if len(names) > len(spans):
+        raise ApiError("name", f"{len(names)} names for {len(spans)} series")
+    keys = names + [f"{prefix}_{i}" for i in range(len(names), len(spans))]
+    for key in keys:
+        if len(key) > 64 or key == "meta":
+            raise ApiError("name", f"{key!r} cannot name a series (at most 64 characters)")
+        if keys.count(key) > 1:
+            raise ApiError("name", f"{key!r} names two series")
+    agg_text = _one(query, "aggInterval")
+    if agg_text is None:
+        longest = max(s.end - s.start for s in spans)
+        agg = "15m" if longest <= 86400 else "1h"  # Radar's habit: longer range, wider step
+    else:
+        agg = agg_text.lower()
+        if agg not in AGG_INTERVALS:
+            raise ApiError(
+                "aggInterval", f"{agg_text!r} is not one of {', '.join(AGG_INTERVALS)}"
+            )
+    return Request(spans, keys, agg, fmt == "csv")
+
+
+# ---- responses --------------------------------------------------------------------------------
+
+
+def _json(body: dict[str, Any], status: int = 200) -> Response:
+    return status, _JSON, (json.dumps(body, indent=2) + "\n").encode()
+
+
+def error(err: ApiError) -> Response:
+    return _json(
+        {"success": False, "errors": [{"code": 400, "message": str(err)}], "result": None}, 400
+    )
+
+
+def _csv(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> Response:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return 200, _CSV, out.getvalue().encode()
+
+
+def _shares(bucket: Bucket) -> dict[str, str]:
+    return percent_shares({c.value: bucket.categories[c] for c in Category})
+
+
+def _meta(request: Request, now: float, probability: float) -> dict[str, Any]:
+    return {
+        "dateRange": [{"startTime": iso(s.start), "endTime": iso(s.end)} for s in request.spans],
+        "lastUpdated": iso(now),
+        "normalization": "PERCENTAGE",
+        "samplingProbability": probability,
+    }
+
+
+def _counts(bucket: Bucket) -> dict[str, Any]:
+    outcomes: dict[str, dict[str, int]] = {s.value: {} for s in Stage}
+    for (stage, outcome), count in sorted(bucket.outcomes.items()):
+        if count:
+            outcomes[stage.value][outcome.value] = count
+    return {
+        "classified": bucket.classified,
+        "categories": {c.value: bucket.categories[c] for c in Category},
+        "outcomes": outcomes,
+        "excluded": {e.value: bucket.excluded[e] for e in Exclusion},
+    }
+
+
+def summary(snapshot: Snapshot, query: Query, now: float, probability: float) -> Response:
+    """`/tcp_resets_timeouts/summary`: each range's category shares."""
+    try:
+        request = parse(query, now, "summary")
+    except ApiError as err:
+        return error(err)
+    totals = [snapshot.total(s.start, s.end) for s in request.spans]
+    if request.csv:
+        header = ["serie", "startTime", "endTime", *(c.value for c in Category),
+                  "classified", "excluded"]
+        rows = [
+            [key, iso(span.start), iso(span.end), *_shares(total).values(),
+             total.classified, total.excluded_total]
+            for key, span, total in zip(request.keys, request.spans, totals)
+        ]
+        return _csv(header, rows)
+    meta = _meta(request, now, probability)
+    meta["counts"] = {key: _counts(total) for key, total in zip(request.keys, totals)}
+    result: dict[str, Any] = {"meta": meta}
+    for key, total in zip(request.keys, totals):
+        result[key] = _shares(total)
+    return _json({"success": True, "errors": [], "result": result})
+
+
+def _series(snapshot: Snapshot, span: Span, agg: str) -> tuple[list[int], list[Bucket]]:
+    """The interval starts covering `span` and the sum of the buckets in each (inside span)."""
+    step = AGG_INTERVALS[agg][0]
+    first = agg_start(span.start, agg)
+    starts = list(range(first, span.end, step))
+    sums = [Bucket() for _ in starts]
+    for begin, bucket in snapshot.buckets.items():
+        if span.start <= begin < span.end:
+            # A 15-minute bucket never straddles an interval: every step is a multiple of it.
+            sums[(agg_start(begin, agg) - first) // step].add(bucket)
+    return starts, sums
+
+
+def timeseries_groups(
+    snapshot: Snapshot, query: Query, now: float, probability: float
+) -> Response:
+    """`/tcp_resets_timeouts/timeseries_groups`: shares per `aggInterval` for each range."""
+    try:
+        request = parse(query, now, "serie")
+    except ApiError as err:
+        return error(err)
+    series = [_series(snapshot, span, request.agg) for span in request.spans]
+    if request.csv:
+        header = ["serie", "timestamp", *(c.value for c in Category), "classified", "excluded"]
+        rows = [
+            [key, iso(start), *_shares(bucket).values(), bucket.classified,
+             bucket.excluded_total]
+            for key, (starts, sums) in zip(request.keys, series)
+            for start, bucket in zip(starts, sums)
+        ]
+        return _csv(header, rows)
+    meta = _meta(request, now, probability)
+    meta["aggInterval"] = AGG_INTERVALS[request.agg][1]
+    counts: dict[str, Any] = {}
+    result: dict[str, Any] = {"meta": meta}
+    for key, (starts, sums) in zip(request.keys, series):
+        shares = [_shares(bucket) for bucket in sums]
+        serie: dict[str, list[str]] = {"timestamps": [iso(s) for s in starts]}
+        for category in Category:
+            serie[category.value] = [share[category.value] for share in shares]
+        result[key] = serie
+        counts[key] = {
+            "classified": [bucket.classified for bucket in sums],
+            "categories": {c.value: [b.categories[c] for b in sums] for c in Category},
+            "excluded": [bucket.excluded_total for bucket in sums],
+        }
+    meta["counts"] = counts
+    return _json({"success": True, "errors": [], "result": result})
+
+
+def tag_share(count: int, classified: int) -> str:
+    """`count` as a percent of `classified`, written like the category shares."""
+    return percent_shares({"tag": count, "rest": max(0, classified - count)})["tag"]
+
+
+def tags(snapshot: Snapshot, query: Query, now: float, probability: float) -> Response:
+    """`/tags`: each tag's count in one range, by category, and its share of the classified
+    connections (a connection carries several tags, so the shares do not sum to 100)."""
+    try:
+        request = parse(query, now, "tags")
+        if len(request.spans) > 1:
+            raise ApiError("dateRange", f"{TAGS} takes one range, not {len(request.spans)}")
+    except ApiError as err:
+        return error(err)
+    span = request.spans[0]
+    total = snapshot.total(span.start, span.end)
+    classified = total.classified
+    rows = []
+    for tag in Tag:
+        by_category = {c.value: total.tags[c, tag] for c in Category}
+        count = sum(by_category.values())
+        rows.append(
+            {
+                "tag": tag.value,
+                "count": count,
+                "share": tag_share(count, classified),
+                "categories": by_category,
+                "parent": tag.parent.value if tag.parent else None,
+                "extension": tag.extension,
+                "description": tag.doc,
+            }
+        )
+    if request.csv:
+        header = ["tag", "count", "share", *(c.value for c in Category), "parent",
+                  "extension", "description"]
+        return _csv(
+            header,
+            [
+                [r["tag"], r["count"], r["share"], *r["categories"].values(), r["parent"] or "",
+                 str(r["extension"]).lower(), r["description"]]
+                for r in rows
+            ],
+        )
+    meta = _meta(request, now, probability)
+    meta["counts"] = _counts(total)
+    return _json({"success": True, "errors": [], "result": {"meta": meta, "tags": rows}})
+
+
+Renderer = Callable[[Snapshot, Query, float, float], Response]
+
+
+def routes(
+    history: History, now: Callable[[], float], probability: Callable[[], float]
+) -> dict[str, Route]:
+    """The API's routes for `HttpServer.routes`, reading a consistent copy of `history`."""
+
+    def bind(render: Renderer, prefix: str) -> Route:
+        def handle(query: Query) -> Response:
+            moment = now()
+            try:
+                start, end = parse(query, moment, prefix).bounds
+            except ApiError as err:
+                return error(err)
+            return render(history.snapshot(start, end), query, moment, probability())
+
+        return handle
+
+    return {
+        SUMMARY: bind(summary, "summary"),
+        TIMESERIES: bind(timeseries_groups, "serie"),
+        TAGS: bind(tags, "tags"),
+    }

@@ -1,0 +1,221 @@
+"""The local API and ``resetwatch status`` against the live agent in a lab, and the history
+surviving a restart.
+
+One lab and one agent for the module (sampling every connection, a state_dir in tmp): a few
+client behaviours of both families, then the API's answers are compared with the agent's own
+records file; the agent is stopped with SIGTERM and started again on the same state_dir, and
+its API must still hold the counts. Needs root, iproute2, iptables, curl; skips otherwise.
+Waits poll with generous limits; nothing asserts on elapsed time.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+import json
+import os
+import shutil
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Callable
+
+import pytest
+from tests.lab import Lab
+from tests.lab.agent import RunningAgent, agent_flags, cli, start_agent, wait_until
+from tests.lab.traffic import (
+    HOLD_PORT,
+    HTTP_PORT,
+    abort_after_connect,
+    abort_after_send,
+    connect_and_hang,
+    http_get,
+    send_twice_then_abort,
+    start_server,
+)
+
+from resetwatch.summary import percent_shares
+
+TOOLS = ("ip", "iptables", "ip6tables", "iptables-save", "curl")
+SUMMARY = "/api/v1/tcp_resets_timeouts/summary"
+TIMESERIES = "/api/v1/tcp_resets_timeouts/timeseries_groups"
+TAGS = "/api/v1/tags"
+FIELDS = ("post_syn", "post_ack", "post_psh", "later_in_flow", "no_match")
+RECORD_WAIT_S = 40.0
+EXIT_WAIT_S = 5.0
+
+
+def _skip_reason() -> str:
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return "needs root (network namespaces, netfilter rules, NFLOG)"
+    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    if importlib.util.find_spec("prometheus_client") is None:
+        missing.append("prometheus_client")
+    return f"missing tools for the agent lab: {', '.join(missing)}" if missing else ""
+
+
+_REASON = _skip_reason()
+pytestmark = [pytest.mark.root, pytest.mark.skipif(bool(_REASON), reason=_REASON)]
+
+# (source port, what the client does): flows of several categories, both families.
+Action = Callable[[Lab], Any]
+ACTIONS: dict[int, Action] = {
+    46001: lambda lab: http_get(lab, lab.server_addr(4), HTTP_PORT, 46001),
+    46002: lambda lab: http_get(lab, lab.server_addr(6), HTTP_PORT, 46002),
+    46003: lambda lab: abort_after_connect(lab, lab.server_addr(4), HTTP_PORT, 46003),
+    46004: lambda lab: abort_after_send(lab, lab.server_addr(6), HOLD_PORT, 46004),
+    46005: lambda lab: send_twice_then_abort(lab, lab.server_addr(4), HTTP_PORT, 46005),
+    46006: lambda lab: connect_and_hang(lab, lab.server_addr(6), HOLD_PORT, 46006),
+}
+
+
+def fetch(agent: RunningAgent, path: str) -> tuple[int, str]:
+    """(HTTP status, body) of a GET from inside the agent's namespace."""
+    proc = agent.lab.run(
+        agent.ns,
+        ["curl", "--silent", "--noproxy", "*", "--max-time", "5",
+         "--write-out", "\n%{http_code}", agent.url(path)],
+        check=False,
+        timeout=15,
+    )
+    body, _, code = str(proc.stdout).rpartition("\n")
+    return int(code or 0), body
+
+
+@dataclass
+class Live:
+    records: list[dict[str, Any]]
+    answers: dict[str, tuple[int, str]] = field(default_factory=dict)
+    """Path and query -> (status, body), while the first agent ran."""
+    after_restart: dict[str, tuple[int, str]] = field(default_factory=dict)
+    status_out: str = ""
+    status_code: int = -1
+    first_exit: int = -1
+    second_exit: int = -1
+    history_file: str = ""
+    logs: str = ""
+
+
+QUERIES = [
+    f"{SUMMARY}?dateRange=1h",
+    f"{SUMMARY}?dateRange=1h&format=csv",
+    f"{TIMESERIES}?dateRange=1h",
+    f"{TAGS}?dateRange=1h",
+    f"{SUMMARY}?dateRange=9x",
+    f"{SUMMARY}?asn=13335",
+]
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    tmp = tmp_path_factory.mktemp("api_lab")
+    state, records = tmp / "state", tmp / "records.jsonl"
+    with Lab(tag="api") as lab:
+        start_server(lab)
+        flags = agent_flags(lab, backend="iptables", records=records, state_dir=state)
+        agent = start_agent(lab, flags, tmp / "first.log", records=records)
+        for action in ACTIONS.values():
+            action(lab)
+        wait_until(
+            lambda: set(ACTIONS) <= set(agent.records_by_sport()),
+            RECORD_WAIT_S,
+            "a record for every client action",
+            details=agent.log_text,
+        )
+        result = Live(records=agent.records())
+        for path in QUERIES:
+            result.answers[path] = fetch(agent, path)
+        proc = cli(lab, "status", "--agent", agent.url(""), "--range", "1h")
+        result.status_out, result.status_code = proc.stdout + proc.stderr, proc.returncode
+        result.first_exit = agent.stop(EXIT_WAIT_S)
+        history = state / "history.json"
+        result.history_file = history.read_text() if history.exists() else ""
+
+        again = start_agent(lab, flags, tmp / "second.log", records=records)
+        for path in QUERIES[:1]:
+            result.after_restart[path] = fetch(again, path)
+        result.second_exit = again.stop(EXIT_WAIT_S)
+        result.logs = agent.log_text() + again.log_text()
+    yield result
+
+
+def _json(answer: tuple[int, str]) -> dict[str, Any]:
+    status, body = answer
+    assert status == 200, body
+    doc = json.loads(body)
+    assert doc["success"] is True and doc["errors"] == []
+    return dict(doc["result"])
+
+
+def _recorded(live: Live) -> Counter[str]:
+    return Counter(r["category"] for r in live.records if "category" in r)
+
+
+def test_every_action_was_judged_and_the_agents_stopped_cleanly(live: Live) -> None:
+    assert sum(_recorded(live).values()) == len(ACTIONS), live.records
+    assert len(_recorded(live)) >= 4, live.records  # several categories, not one
+    assert (live.first_exit, live.second_exit) == (0, 0), live.logs
+
+
+def test_summary_shares_match_the_records(live: Live) -> None:
+    result = _json(live.answers[f"{SUMMARY}?dateRange=1h"])
+    counts = result["meta"]["counts"]["summary_0"]
+    recorded = _recorded(live)
+    assert counts["categories"] == {f: recorded.get(f, 0) for f in FIELDS}
+    assert counts["classified"] == len(ACTIONS)
+    assert result["meta"]["samplingProbability"] == 1
+    shares = result["summary_0"]
+    assert list(shares) == list(FIELDS)
+    assert shares == percent_shares({f: recorded.get(f, 0) for f in FIELDS})
+    assert sum(Decimal(v) for v in shares.values()) == 100
+
+
+def test_csv_parses_and_agrees_with_the_json(live: Live) -> None:
+    status, body = live.answers[f"{SUMMARY}?dateRange=1h&format=csv"]
+    assert status == 200
+    (row,) = list(csv.DictReader(io.StringIO(body)))
+    shares = _json(live.answers[f"{SUMMARY}?dateRange=1h"])["summary_0"]
+    assert {f: row[f] for f in FIELDS} == shares
+    assert int(row["classified"]) == len(ACTIONS)
+
+
+def test_timeseries_and_tags_hold_the_same_flows(live: Live) -> None:
+    series = _json(live.answers[f"{TIMESERIES}?dateRange=1h"])
+    assert series["meta"]["aggInterval"] == "FIFTEEN_MINUTES"
+    assert sum(series["meta"]["counts"]["serie_0"]["classified"]) == len(ACTIONS)
+    assert len(series["serie_0"]["timestamps"]) == 4
+    tags = {t["tag"]: t["count"] for t in _json(live.answers[f"{TAGS}?dateRange=1h"])["tags"]}
+    recorded: Counter[str] = Counter(t for r in live.records for t in r.get("tags", ()))
+    assert {t: n for t, n in tags.items() if n} == dict(recorded)
+
+
+@pytest.mark.parametrize("path,parameter", [(QUERIES[4], "dateRange"), (QUERIES[5], "asn")])
+def test_a_bad_parameter_is_400_naming_it(live: Live, path: str, parameter: str) -> None:
+    status, body = live.answers[path]
+    assert status == 400, body
+    doc = json.loads(body)
+    assert doc["success"] is False and doc["result"] is None
+    assert doc["errors"][0]["message"].startswith(parameter + ": ")
+
+
+def test_the_counts_survive_a_restart(live: Live) -> None:
+    saved = json.loads(live.history_file)
+    assert saved["format"] == "resetwatch-history"
+    before = _json(live.answers[f"{SUMMARY}?dateRange=1h"])
+    after = _json(live.after_restart[f"{SUMMARY}?dateRange=1h"])
+    assert after["meta"]["counts"] == before["meta"]["counts"]
+    assert after["summary_0"] == before["summary_0"]
+    assert "history: loaded" in live.logs
+
+
+def test_status_prints_the_table(live: Live) -> None:
+    assert live.status_code == 0, live.status_out
+    out = live.status_out
+    assert f"classified flows:      {len(ACTIONS)}" in out
+    for name in FIELDS:
+        assert name in out
+    assert "sampling probability:  1 (every connection)" in out
+    assert "rules:                 present" in out
+    assert "flows held:" in out and "last packet:" in out

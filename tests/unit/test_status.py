@@ -1,0 +1,164 @@
+"""`resetwatch status` against a real in-process HTTP server with a real History and registry
+(no HTTP mocks): the table, the JSON form, and one-line failures."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from resetwatch import api, cli, config
+from resetwatch.classify import Category, Tag
+from resetwatch.flows import Exclusion
+from resetwatch.history import History
+from resetwatch.metrics import AgentHealth, FlowCounts, build_registry
+from resetwatch.server import HttpServer
+from resetwatch.status import resolve_agent, url_from_listen
+
+from .history_data import epoch, exclude, judge
+
+NOW = epoch("2026-11-22T10:07:30")
+
+
+def serve(with_api: bool = True) -> HttpServer:
+    history = History()
+    judge(history, NOW, Category.POST_ACK, 3, tags=(Tag.RESET, Tag.SINGLE_RSTACK))
+    judge(history, NOW - 300, Category.NO_MATCH, 9)
+    judge(history, NOW - 80000, Category.POST_SYN, 50)  # in the last day, not the last hour
+    exclude(history, NOW, Exclusion.TRUNCATED, 2)
+    health = AgentHealth(probability=0.001, max_flows=5000, rules_present=True)
+    health.flows_active = lambda: 17
+    health.last_packet_age = lambda: 2.5
+    health.nflog_packets = 1234
+    health.nflog_lost["seq_gap"] = 7
+    server = HttpServer(("127.0.0.1", 0), build_registry(FlowCounts(), health),
+                        lambda: (True, "ok"))  # fmt: skip
+    if with_api:
+        server.routes.update(api.routes(history, lambda: NOW, lambda: health.probability))
+    server.start()
+    return server
+
+
+@pytest.fixture
+def agent() -> Iterator[str]:
+    server = serve()
+    yield f"http://127.0.0.1:{server.port}"
+    server.stop()
+
+
+def status(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = cli.main(["status", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_table(agent: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = status(capsys, "--agent", agent)
+    assert (code, err) == (0, "")
+    assert agent in out.splitlines()[0]
+    lines = {line.split()[0]: line.split() for line in out.splitlines() if line.strip()}
+    assert lines["post_ack"][1:] == ["25%", "3"]
+    assert lines["no_match"][1:] == ["75%", "9"]
+    assert lines["post_syn"][1:] == ["0%", "0"]
+    assert lines["reset"][1:] == ["3", "25%"]  # a tag: count, share of classified
+    assert "classified flows:      12" in out
+    assert "excluded flows:        2 (truncated 2)" in out
+    assert "0.001 (1 in 1,000)" in out
+    assert "rules:                 present" in out
+    assert "7 packets (seq_gap 7)" in out and "of 1,234 received" in out
+    assert "flows held:            17 of 5,000" in out
+    assert "last packet:           2 s ago" in out or "last packet:           3 s ago" in out
+
+
+def test_json(agent: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = status(capsys, "--agent", agent.replace("http://", ""), "--range", "1d",
+                          "--format", "json")  # fmt: skip
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["range"] == "1d"
+    counts = doc["summary"]["meta"]["counts"]["summary_0"]
+    assert counts["classified"] == 62
+    assert doc["health"]["flowsHeld"] == 17
+    assert doc["health"]["nflogLost"] == {"seq_gap": 7.0, "bad_message": 0.0}
+    assert {t["tag"] for t in doc["tags"]["tags"]} == {t.value for t in Tag}
+
+
+def test_a_bad_range_is_one_line_exit_2(agent: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = status(capsys, "--agent", agent, "--range", "9x")
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("resetwatch status: --range: '9x'"), err
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_no_agent_is_one_line_naming_the_address(capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"http://127.0.0.1:{_free_port()}"
+    code, out, err = status(capsys, "--agent", url)
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and f"no agent answering at {url}" in err, err
+    assert "Traceback" not in err
+
+
+def test_a_server_without_the_api_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    server = serve(with_api=False)
+    try:
+        code, _, err = status(capsys, "--agent", f"http://127.0.0.1:{server.port}")
+    finally:
+        server.stop()
+    assert code == 1 and err.count("\n") == 1 and "HTTP 404" in err, err
+
+
+def test_the_address_comes_from_the_config_file(
+    agent: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    conf = tmp_path / "resetwatch.toml"
+    conf.write_text(f'listen = "{agent.replace("http://", "")}"\n')
+    code, out, _ = status(capsys, "--config", str(conf))
+    assert code == 0 and "classified flows:      12" in out
+    conf.write_text("listen = 7\n")
+    code, _, err = status(capsys, "--config", str(conf))
+    assert code == 2 and err.count("\n") == 1 and "listen = 7" in err
+
+
+@pytest.mark.parametrize(
+    "listen,url",
+    [
+        ("127.0.0.1:9824", "http://127.0.0.1:9824"),
+        ("0.0.0.0:9824", "http://127.0.0.1:9824"),
+        ("[::]:9824", "http://[::1]:9824"),
+        ("[2001:db8::1]:80", "http://[2001:db8::1]:80"),
+    ],
+)
+def test_url_from_listen(listen: str, url: str) -> None:
+    assert url_from_listen(listen) == url
+
+
+def test_resolving_the_agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert resolve_agent("localhost:1/", None) == "http://localhost:1"
+    assert resolve_agent("http://[::1]:2", "/nonexistent") == "http://[::1]:2"  # --agent wins
+    monkeypatch.setattr(config, "DEFAULT_CONFIG", tmp_path / "absent.toml")
+    assert resolve_agent(None, None) == "http://127.0.0.1:9824"
+    present = tmp_path / "present.toml"
+    present.write_text('listen = "127.0.0.1:7777"\n')
+    monkeypatch.setattr(config, "DEFAULT_CONFIG", present)
+    assert resolve_agent(None, None) == "http://127.0.0.1:7777"
+
+
+def test_an_answer_of_another_shape_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    server = serve(with_api=False)
+    odd = (200, "application/json", b'{"success": true, "errors": [], "result": {"x": 1}}')
+    for path in (api.SUMMARY, api.TAGS):
+        server.routes[path] = lambda _query: odd
+    try:
+        code, out, err = status(capsys, "--agent", f"http://127.0.0.1:{server.port}")
+    finally:
+        server.stop()
+    assert (code, out) == (1, "")
+    assert err.count("\n") == 1 and "cannot read" in err and "Traceback" not in err, err
