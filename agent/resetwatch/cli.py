@@ -333,6 +333,151 @@ def cmd_rules(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------ status (owned by the API work)
+
+
+def _add_status(sub: Any) -> None:
+    from .config import DEFAULT_CONFIG, DEFAULT_PORT
+
+    p = sub.add_parser(
+        "status",
+        help="ask the running agent and print a summary",
+        description=(
+            "Ask a running agent (over HTTP: its local API and /metrics) for the category "
+            "shares, counts and top tags of a recent range, and for its health: sampling "
+            "probability, rules, NFLOG loss, flows held, last packet. Exit 1 when no agent "
+            "answers."
+        ),
+    )
+    p.add_argument(
+        "--agent",
+        metavar="URL",
+        help="the agent's address, e.g. http://127.0.0.1:9824 (default: the listen setting "
+        f"of the config file, else 127.0.0.1:{DEFAULT_PORT})",
+    )
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help=f"config file whose listen setting gives the address (default: {DEFAULT_CONFIG} "
+        "if it exists)",
+    )
+    p.add_argument(
+        "--range",
+        default="1h",
+        metavar="RANGE",
+        help="how far back to look: 15m, 1h, 12h, 1d, 7d, ... (default: %(default)s)",
+    )
+    p.add_argument(
+        "--format",
+        choices=("table", "json"),
+        default="table",
+        help="table: readable; json: the API answers and the health read from /metrics",
+    )
+    p.set_defaults(func=cmd_status)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .config import ConfigError
+    from .status import StatusError, gather, render, resolve_agent
+
+    try:
+        base = resolve_agent(args.agent, args.config)
+    except ConfigError as error:
+        raise UsageError(str(error)) from None
+    try:
+        text = render(gather(base, args.range), args.format)
+    except StatusError as error:
+        if error.usage:
+            # The agent names its own parameter (dateRange); the user typed --range.
+            message = str(error).replace("dateRange: ", "", 1)
+            raise UsageError(f"--range: {message}") from None
+        print(f"resetwatch status: {error}", file=sys.stderr)
+        return 1
+    sys.stdout.write(text)
+    return 0
+
+
+# ------------------------------------------------------------------ demo (owned by the demo work)
+
+
+def _listen_address(text: str) -> tuple[str, int]:
+    from .demo.forward import parse_listen
+
+    try:
+        return parse_listen(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _add_demo(sub: Any) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="run the agent in a lab of network namespaces, with traffic",
+        description=(
+            "Build a throw-away lab of three network namespaces (clients, a tampering "
+            "middlebox, a server), run the real agent and a web server in the server "
+            "namespace, send a few minutes of mixed traffic (visitors, aborted and silent "
+            "clients, ZMap, blocked and zero-rated names), show progress, then print the "
+            "agent's verdicts. The host's interfaces, routes and firewall are never touched; "
+            "everything is removed at the end, on Ctrl-C, on SIGTERM and after errors. Needs "
+            "root, zmap and the [demo] extra (pyroute2, netfilterqueue)."
+        ),
+    )
+    p.add_argument(
+        "--duration",
+        type=positive_float,
+        default=180.0,
+        metavar="SECONDS",
+        help="how long the clients send traffic (default: %(default)g); the agent then needs "
+        "about 15 s more to judge the connections that went silent",
+    )
+    p.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="after the traffic and the summary, keep the lab and the agent up (metrics "
+        "reachable at --listen) until Ctrl-C",
+    )
+    p.add_argument(
+        "--listen",
+        type=_listen_address,
+        default=("127.0.0.1", 9825),
+        metavar="ADDR:PORT",
+        help="where, on this host, to serve the lab agent's /metrics while the demo runs (a "
+        "forwarder into the lab; port 0 picks a free one; default: 127.0.0.1:9825, next to "
+        "a real agent's 9824)",
+    )
+    p.add_argument(
+        "--records",
+        metavar="PATH",
+        help="save a copy of the agent's records (one JSON line per judged or excluded "
+        "connection) to PATH",
+    )
+    p.add_argument(
+        "--traffic-log",
+        metavar="PATH",
+        help="save what each client did (one JSON line per connection: behaviour, address, "
+        "port, what the client saw) to PATH, to compare with --records",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=1,
+        metavar="N",
+        help="seed for the traffic's random choices (default: %(default)s): the same seed "
+        "gives the same mix of behaviours",
+    )
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run
+
+    return run(args)
+
+
+# ------------------------------------------------------------------ the parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="resetwatch",
@@ -344,6 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(sub)
     _add_rules(sub)
     _add_replay(sub)
+    _add_status(sub)
+    _add_demo(sub)
     return parser
 
 
