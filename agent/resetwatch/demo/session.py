@@ -410,6 +410,8 @@ class Demo:
                  f"close linger {CLOSE_LINGER_S:g} s)  ({names['server']})")  # fmt: skip
         self.say(f"  metrics    {url}/metrics  (a browser, or Prometheus scraping "
                  f"{url.split('//', 1)[1]})")  # fmt: skip
+        self.say(f"  API        {url}/api/v1/tcp_resets_timeouts/summary?dateRange=1h, "
+                 f"or `resetwatch status --agent {url}`")  # fmt: skip
         self.say(f"traffic for {self.options.duration:g} s; Ctrl-C stops the demo and removes "
                  "the lab")  # fmt: skip
 
@@ -487,8 +489,10 @@ class Demo:
 
     def _keep_running(self) -> None:
         assert self.forwarder is not None
-        self.say(f"still running: {self.forwarder.url}/metrics (and the agent's other pages); "
-                 "Ctrl-C stops the demo and removes the lab")  # fmt: skip
+        url = self.forwarder.url
+        self.say(f"still running: {url}/metrics, {url}/api/v1/tags, "
+                 f"`resetwatch status --agent {url}`")  # fmt: skip
+        self.say("Ctrl-C stops the demo and removes the lab")
         while True:
             self._check_agent()
             time.sleep(1.0)
