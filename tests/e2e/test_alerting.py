@@ -47,10 +47,8 @@ elapsed time. The lab's removal stops every process, also when a test fails.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -67,6 +65,7 @@ from tests.e2e.monitoring import ALERTMANAGER, LOADGEN_PROG, PROMETHEUS, Monitor
 from tests.lab import Lab
 from tests.lab.agent import RunningAgent, agent_flags, start_agent, wait_until
 from tests.lab.netns import LabError
+from tests.lab.requirements import lab_marks, skip_reason
 
 WINDOWS = promrules.Windows(
     short="30s",
@@ -111,25 +110,19 @@ LOAD_MAX_S = 420.0
 TOOLS = ("ip", "iptables", "curl")
 
 
-def _skip_reason() -> str:
-    if not hasattr(os, "geteuid") or os.geteuid() != 0:
-        return "needs root (network namespaces, netfilter rules, NFLOG)"
-    missing = [str(p) for p in (PROMETHEUS, ALERTMANAGER) if not os.access(p, os.X_OK)]
-    if missing:
-        return (
-            f"missing {', '.join(missing)} (Debian packages prometheus and "
-            "prometheus-alertmanager; `sudo ./dev test` installs them)"
-        )
-    tools = [tool for tool in TOOLS if shutil.which(tool) is None]
-    if importlib.util.find_spec("prometheus_client") is None:
-        tools.append("prometheus_client")
-    return f"missing tools for the end-to-end lab: {', '.join(tools)}" if tools else ""
-
-
-_REASON = _skip_reason()
 pytestmark = [
-    pytest.mark.root,
-    pytest.mark.skipif(bool(_REASON), reason=_REASON),
+    *lab_marks(
+        skip_reason(
+            "network namespaces, netfilter rules, NFLOG",
+            tools=TOOLS,
+            modules=("prometheus_client",),
+            also_missing=[
+                f"{p} (Debian package {p.name}; `sudo ./dev test` installs it)"
+                for p in (PROMETHEUS, ALERTMANAGER)
+                if not os.access(p, os.X_OK)
+            ],
+        )
+    ),
     pytest.mark.timeout(600),
 ]
 

@@ -24,7 +24,6 @@ with the reason otherwise. Waits poll with generous limits; nothing asserts on e
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
 import shutil
 import signal
@@ -48,6 +47,7 @@ from tests.lab.agent import (
     start_agent,
     wait_until,
 )
+from tests.lab.requirements import lab_marks, skip_reason
 from tests.lab.scenarios import (
     IDLE_TIMEOUT_S,
     SCENARIOS,
@@ -73,17 +73,11 @@ RECORD_WAIT_S = 30.0
 """Longest wait for a flow's record once its deadline has passed (a limit, not asserted)."""
 
 
-def _skip_reason() -> str:
-    if not hasattr(os, "geteuid") or os.geteuid() != 0:
-        return "needs root (network namespaces, netfilter rules, NFLOG)"
-    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
-    if importlib.util.find_spec("prometheus_client") is None:
-        missing.append("prometheus_client")
-    return f"missing tools for the agent lab: {', '.join(missing)}" if missing else ""
-
-
-_REASON = _skip_reason()
-pytestmark = [pytest.mark.root, pytest.mark.skipif(bool(_REASON), reason=_REASON)]
+pytestmark = lab_marks(
+    skip_reason(
+        "network namespaces, netfilter rules, NFLOG", tools=TOOLS, modules=("prometheus_client",)
+    )
+)
 
 
 def _require_scenario_tools() -> None:

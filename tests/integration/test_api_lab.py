@@ -11,11 +11,8 @@ Waits poll with generous limits; nothing asserts on elapsed time.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import json
-import os
-import shutil
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,6 +22,7 @@ from typing import Any, Callable
 import pytest
 from tests.lab import Lab
 from tests.lab.agent import RunningAgent, agent_flags, cli, start_agent, wait_until
+from tests.lab.requirements import lab_marks, skip_reason
 from tests.lab.traffic import (
     HOLD_PORT,
     HTTP_PORT,
@@ -47,17 +45,11 @@ RECORD_WAIT_S = 40.0
 EXIT_WAIT_S = 5.0
 
 
-def _skip_reason() -> str:
-    if not hasattr(os, "geteuid") or os.geteuid() != 0:
-        return "needs root (network namespaces, netfilter rules, NFLOG)"
-    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
-    if importlib.util.find_spec("prometheus_client") is None:
-        missing.append("prometheus_client")
-    return f"missing tools for the agent lab: {', '.join(missing)}" if missing else ""
-
-
-_REASON = _skip_reason()
-pytestmark = [pytest.mark.root, pytest.mark.skipif(bool(_REASON), reason=_REASON)]
+pytestmark = lab_marks(
+    skip_reason(
+        "network namespaces, netfilter rules, NFLOG", tools=TOOLS, modules=("prometheus_client",)
+    )
+)
 
 # (source port, what the client does): flows of several categories, both families.
 Action = Callable[[Lab], Any]
@@ -75,8 +67,17 @@ def fetch(agent: RunningAgent, path: str) -> tuple[int, str]:
     """(HTTP status, body) of a GET from inside the agent's namespace."""
     proc = agent.lab.run(
         agent.ns,
-        ["curl", "--silent", "--noproxy", "*", "--max-time", "5",
-         "--write-out", "\n%{http_code}", agent.url(path)],
+        [
+            "curl",
+            "--silent",
+            "--noproxy",
+            "*",
+            "--max-time",
+            "5",
+            "--write-out",
+            "\n%{http_code}",
+            agent.url(path),
+        ],
         check=False,
         timeout=15,
     )

@@ -16,7 +16,6 @@ Waits are limits, never asserted on.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.lab.requirements import lab_marks, skip_reason
 
 ROOT = Path(__file__).resolve().parents[2]
 DURATION_S = 30
@@ -40,18 +40,14 @@ RUN_LIMIT_S = 150.0
 """Longest a 30 s demo may take from start to exit (a limit, not an expectation)."""
 
 
-def _skip_reason() -> str:
-    if not hasattr(os, "geteuid") or os.geteuid() != 0:
-        return "needs root (network namespaces, netfilter rules, NFQUEUE)"
-    missing = [tool for tool in ("ip", "zmap") if shutil.which(tool) is None]
-    if not (shutil.which("nft") or shutil.which("iptables")):
-        missing.append("nft or iptables")
-    missing += [m for m in ("pyroute2", "netfilterqueue") if importlib.util.find_spec(m) is None]
-    return f"needs {', '.join(missing)} (not installed)" if missing else ""
-
-
-_REASON = _skip_reason()
-pytestmark = [pytest.mark.root, pytest.mark.skipif(bool(_REASON), reason=_REASON)]
+pytestmark = lab_marks(
+    skip_reason(
+        "network namespaces, netfilter rules, NFQUEUE",
+        tools=("ip", "zmap"),
+        modules=("pyroute2", "netfilterqueue"),
+        also_missing=[] if shutil.which("nft") or shutil.which("iptables") else ["nft or iptables"],
+    )
+)
 
 
 def _env() -> dict[str, str]:

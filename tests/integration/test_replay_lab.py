@@ -11,10 +11,7 @@ skips with the reason otherwise.
 
 from __future__ import annotations
 
-import importlib.util
 import ipaddress
-import os
-import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -23,6 +20,7 @@ from typing import Any
 import pytest
 from tests.lab import Lab, list_namespaces
 from tests.lab.netns import PREFIX, cleanup_stale
+from tests.lab.requirements import lab_marks, skip_reason
 from tests.lab.scenarios import (
     BY_SPORT,
     SCENARIOS,
@@ -38,19 +36,9 @@ from tests.lab.traffic import HTTP_PORT, http_get, start_server
 TOOLS = ("ip", "iptables", "ip6tables", "tcpdump", "curl", "hping3", "zmap")
 
 
-def _skip_reason() -> str:
-    if not hasattr(os, "geteuid") or os.geteuid() != 0:
-        return "needs root (network namespaces, iptables rules, NFLOG)"
-    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
-    if importlib.util.find_spec("scapy") is None:
-        missing.append("python3-scapy")
-    if missing:
-        return f"missing tools for the namespace lab: {', '.join(missing)}"
-    return ""
-
-
-_REASON = _skip_reason()
-pytestmark = [pytest.mark.root, pytest.mark.skipif(bool(_REASON), reason=_REASON)]
+pytestmark = lab_marks(
+    skip_reason("network namespaces, iptables rules, NFLOG", tools=TOOLS, modules=("scapy",))
+)
 
 
 @dataclass
