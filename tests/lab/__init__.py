@@ -1,4 +1,5 @@
-"""The network-namespace lab shared by integration tests, benchmarks and ``resetwatch demo``.
+"""The network-namespace lab shared by integration tests and benchmarks. (``resetwatch demo``
+builds its own, in ``resetwatch.demo.lab``: the installed package cannot import ``tests``.)
 
 See `netns` (the namespaces), `traffic` (server and client actions), `capture` (sampling rules
 and NFLOG capture) and `scenarios` (the named client behaviours with their expected verdicts).
