@@ -333,7 +333,7 @@ def cmd_rules(args: argparse.Namespace) -> int:
     return 0
 
 
-# ------------------------------------------------------------------ status (owned by the API work)
+# ------------------------------------------------------------------ status
 
 
 def _add_status(sub: Any) -> None:
@@ -397,7 +397,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-# ------------------------------------------------------------------ demo (owned by the demo work)
+# ------------------------------------------------------------------ demo
 
 
 def _listen_address(text: str) -> tuple[str, int]:
