@@ -234,7 +234,8 @@ def parse_fields(buf: bytes, ts: float, offset: int, end: int) -> FieldsResult:
             payload_len = total_len - 20 - doff
             if doff >= 20 and payload_len >= 0:
                 options = ""
-                if _HAS_SYN[flags]:
+                # A SYN without options (floods, some scanners) has the empty fingerprint.
+                if _HAS_SYN[flags] and doff > 20:
                     options = options_fingerprint(buf, offset + 40, min(offset + 20 + doff, end))
                 df = _DONT_FRAGMENT[frag_high]
                 return (ts, key, flags, seq, ack, window, ttl, ip_id, df, payload_len, options)
@@ -244,7 +245,7 @@ def parse_fields(buf: bytes, ts: float, offset: int, end: int) -> FieldsResult:
         payload_len = payload_len6 - doff
         if doff >= 20 and payload_len >= 0:
             options = ""
-            if _HAS_SYN[flags]:
+            if _HAS_SYN[flags] and doff > 20:
                 options = options_fingerprint(buf, offset + 60, min(offset + 40 + doff, end))
             return (ts, key, flags, seq, ack, window, ttl, 0, False, payload_len, options)
     return _parse_general(buf, ts, offset, end)
