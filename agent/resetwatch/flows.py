@@ -295,8 +295,9 @@ class FlowTable:
         """A `Flow`, or an int from `pack_syn` while only the SYN has arrived."""
         # (deadline, flow) for closing flows, in order of their first RST or FIN.
         self._closing: deque[tuple[float, Flow]] = deque()
-        # Keys of flows recently ended, so that their stragglers are not taken for
-        # connections whose SYN was missed (no_syn). Bounded; oldest forgotten first.
+        # Keys of flows recently ended (not evicted: see `_evict`), so that their stragglers
+        # are not taken for connections whose SYN was missed (no_syn). Bounded; oldest
+        # forgotten first.
         self._ended: OrderedDict[bytes, None] = OrderedDict()
         self._ended_memory = ended_memory
         self.pack_above = pack_above
@@ -441,9 +442,16 @@ class FlowTable:
         """
         flows = self._flows
         victims = list(islice(flows.items(), max(1, self.max_flows // 100)))
-        for key, held in victims:
+        for key, _ in victims:
             del flows[key]
-            self._end(_as_flow(key, held), Exclusion.EVICTED)
+        # Straight to the callback, not through `_end`: evicted keys are not remembered as
+        # ended. Where evictions happen at scale (a flood at the cap, one per packet) they
+        # would push the keys of flows really judged out of that bounded memory, and cost a
+        # third of the eviction. A straggler of an evicted flow counts as `no_syn` instead.
+        on_end = self._on_end
+        evicted = Exclusion.EVICTED
+        for key, held in victims:
+            on_end(unpack_syn(key, held) if isinstance(held, int) else held, evicted)
 
     def _stray(self, packet: PacketFields) -> None:
         """A packet with no flow and no SYN."""

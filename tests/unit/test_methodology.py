@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from resetwatch.classify import ACKNUM_TAGS, RESET_SHAPES, Category, Outcome, Stage, Tag
-from resetwatch.flows import Exclusion
+from resetwatch.flows import Exclusion, FlowTable
 
-from .factory import CLIENT6, handshake, pkt, run
+from .factory import CLIENT6, Collected, handshake, pkt, run
 
 T = Tag
 C = Category
@@ -256,6 +256,30 @@ def test_eviction_counts_least_recently_active_flows() -> None:
                pkt("S", 3, tuple_=c)]
     out = run(packets, max_flows=2, end=None)
     assert [(f.key, r) for f, r in out.excluded][:1] == [(packets[1].key, Exclusion.EVICTED)]
+
+
+def test_a_packet_of_an_evicted_flow_is_a_no_syn_connection() -> None:
+    # Evicted keys are not remembered as ended (docs/methodology.md, eviction).
+    a = ("198.51.100.1", 1, "203.0.113.1", 443)
+    b = ("198.51.100.2", 2, "203.0.113.1", 443)
+    out = run([pkt("S", 0, tuple_=a), pkt("S", 1, tuple_=b), pkt("A", 2, tuple_=a)],
+              max_flows=1, end=None)
+    assert out.reasons == [Exclusion.EVICTED, Exclusion.NO_SYN, Exclusion.TRUNCATED]
+
+
+def test_evictions_do_not_push_judged_flows_out_of_the_ended_memory() -> None:
+    out = Collected()
+    table = FlowTable(out, max_flows=2, ended_memory=2, close_linger=1.0)
+    judged = ("198.51.100.1", 1, "203.0.113.1", 443)
+    for p in [pkt("S", 0, tuple_=judged), pkt("R", 1, tuple_=judged)]:
+        table.add(p)
+    table.sweep(5.0)
+    assert out.verdicts[0].outcome is Outcome.RESET
+    for i in range(10):  # a flood at the cap: each SYN evicts the one before
+        table.add(pkt("S", 6 + i, tuple_=("198.18.0.1", 1000 + i, "203.0.113.1", 80)))
+    table.add(pkt("R", 20, tuple_=judged))  # a retransmitted RST of the judged flow
+    assert table.stats.late_packets == 1
+    assert Exclusion.NO_SYN not in out.reasons
 
 
 def test_reset_shape_and_acknum_invariants_hold_for_the_table() -> None:
