@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
@@ -27,7 +27,7 @@ from .history import History, HistoryFile
 from .metrics import AgentHealth, FlowCounts, build_registry
 from .nflog import NflogError
 from .notify import Notifier
-from .packet import Invalid, Packet, ParseResult
+from .packet import FieldsResult, Invalid
 from .records import RecordWriter
 from .rules import RulesBackend, RulesError, RuleSpec, backend_for
 from .server import HttpServer
@@ -47,8 +47,8 @@ HISTORY_SAVE_EVERY = 60.0
 class PacketSource(Protocol):
     """What the daemon needs of a packet source (nflog.NflogSource, or a test double)."""
 
-    def packets(self, timeout: float) -> Iterator[ParseResult]:
-        """Wait up to `timeout` for a batch, yield its packets (consumed fully)."""
+    def batches(self, timeout: float) -> Iterator[Sequence[FieldsResult]]:
+        """Wait up to `timeout` for packets, yield them in batches (consumed fully)."""
         ...
 
     def stats(self) -> dict[str, int]:
@@ -241,16 +241,19 @@ class Agent:
         source = self.source
         assert source is not None
         engine = self.engine
-        feed = engine.feed
+        feed_many = engine.feed_many
         invalid = self.health.invalid
         received = False
-        for item in source.packets(timeout):
+        for batch in source.batches(timeout):
+            if not batch:
+                continue
             received = True
-            if type(item) is Packet:
-                feed(item)
-            else:
-                assert isinstance(item, Invalid)
-                invalid[item] += 1
+            packets = [item for item in batch if not isinstance(item, Invalid)]
+            if len(packets) != len(batch):
+                for item in batch:
+                    if isinstance(item, Invalid):
+                        invalid[item] += 1
+            feed_many(packets)
         now = self.clock()
         if received:
             self._last_packet = now

@@ -3,16 +3,15 @@
 The kernel's `nfnetlink_log` module gathers the packets one NFLOG group logs into batches (one
 netlink datagram holds up to `qthresh` packet messages) and sends them to the single netlink
 socket that bound the group. This module binds the group, configures it, and turns each batch
-into `(timestamp, IP packet bytes)` pairs or straight into parsed `Packet`s.
+into `(timestamp, IP packet bytes)` pairs or straight into lists of parsed packet fields.
 
 Why it is shaped like this:
 
 - Speed: the agent must keep up with 100,000+ logged packets/s on a small machine. One
   `recv_into` into a preallocated buffer returns a whole batch; the netlink headers are walked
-  with precompiled `struct.unpack_from` calls without slicing; the only per-packet copy is the
-  captured IP packet itself (at most `copy_range` bytes), which `parse_ip` needs as `bytes` so
-  that the flow key it slices out is hashable and so it cannot read past the captured end into
-  the next message.
+  with precompiled `struct.unpack_from` calls without slicing, and each captured IP packet is
+  parsed where it lies (`parse_fields` takes its span, so it cannot read past the captured end
+  into the next message). A batch goes to the flow table as one list, as in replay.
 - Loss must be visible, never silent: the receive buffer is large and grows on ENOBUFS up to a
   maximum, ENOBUFS reporting stays on, and per-group sequence numbers (`NFULA_SEQ`) are
   requested so every missing packet is counted, also the ones the kernel dropped while the
@@ -36,7 +35,7 @@ from collections.abc import Iterator
 from types import TracebackType
 from typing import Callable, NamedTuple, Optional, Union
 
-from .packet import ParseResult, parse_ip
+from .packet import FieldsResult, parse_fields
 
 # <linux/netlink.h>
 NETLINK_NETFILTER = 12
@@ -397,10 +396,10 @@ class NflogSource:
 
         with NflogSource(33) as source:
             while running:
-                for result in source.packets(1.0):
-                    ...  # a Packet or an Invalid reason
+                for batch in source.batches(1.0):
+                    ...  # a list of packet fields (tuples) or Invalid reasons
 
-    `packets(timeout)` and `read(timeout, out)` wait at most `timeout` seconds, so the caller's
+    `batches(timeout)` and `read(timeout, out)` wait at most `timeout` seconds, so the caller's
     loop runs at least that often even without traffic. Only one socket may bind a group:
     a second one gets `NflogError` (EPERM). Closing the socket also frees the group.
     """
@@ -447,7 +446,7 @@ class NflogSource:
         """recv() reported ENOBUFS: the kernel dropped at least one batch since the last one."""
         self.buffer_grows = 0
         """Times the receive buffer was doubled after ENOBUFS."""
-        self.batches = 0
+        self.datagrams = 0
         """Datagrams received (each one holds one kernel batch)."""
         self.rcvbuf = 0
         """Current receive buffer size in bytes, as the kernel reports it (twice the request)."""
@@ -582,7 +581,7 @@ class NflogSource:
                 # Reported once per congestion episode; data may still be queued behind it.
                 self._overrun()
                 continue
-            self.batches += 1
+            self.datagrams += 1
             if n > len(self._buf):  # MSG_TRUNC gives the real size: the tail was cut off
                 self.parser.truncated_messages += 1
                 n = len(self._buf)
@@ -617,9 +616,11 @@ class NflogSource:
                 count += 1
         return count
 
-    def packets(self, timeout: float) -> Iterator[ParseResult]:
-        """Like `read`, but yields each packet parsed by `parse_ip` (a `Packet` or an `Invalid`
-        reason). Consume the iterator fully: a datagram half-consumed is lost with it."""
+    def batches(self, timeout: float) -> Iterator[list[FieldsResult]]:
+        """Like `read`, but yields the packets of each datagram as one list, each parsed in
+        place by `parse_fields` (a `Packet`'s fields as a tuple, or an `Invalid` reason): what
+        `FlowTable.add_many` takes, as replay's reader hands it. Consume the iterator fully: a
+        datagram half-consumed is lost with it."""
         if not self._wait(timeout):
             return
         clock = self._clock
@@ -629,8 +630,7 @@ class NflogSource:
             if data is None:
                 return
             ts = clock()
-            for start, stop in parse(data, len(data)):
-                yield parse_ip(data[start:stop], ts)
+            yield [parse_fields(data, ts, start, stop) for start, stop in parse(data, len(data))]
 
     # -- accounting ------------------------------------------------------------------------
 
@@ -661,7 +661,7 @@ class NflogSource:
         p = self.parser
         return {
             "packets": p.packets,
-            "batches": self.batches,
+            "datagrams": self.datagrams,
             "seq_gaps": p.seq_gaps,
             "seq_resets": p.seq_resets,
             "enobufs": self.enobufs,

@@ -34,19 +34,19 @@ class FakeClock:
 class ScriptedSource:
     """Hands out one batch per read and moves the clock on, like NFLOG would."""
 
-    def __init__(self, batches: list[list[ParseResult]], clock: FakeClock) -> None:
-        self.batches = batches
+    def __init__(self, script: list[list[ParseResult]], clock: FakeClock) -> None:
+        self.script = script
         self.clock = clock
         self.received = 0
         self.closed = False
 
-    def packets(self, timeout: float) -> Iterator[ParseResult]:
+    def batches(self, timeout: float) -> Iterator[list[ParseResult]]:
         self.clock.now += 1.0
-        if not self.batches:
+        if not self.script:
             return
-        for p in self.batches.pop(0):
-            self.received += 1
-            yield p if isinstance(p, Invalid) else p._replace(ts=self.clock.now)
+        batch = self.script.pop(0)
+        self.received += len(batch)
+        yield [p if isinstance(p, Invalid) else p._replace(ts=self.clock.now) for p in batch]
 
     def stats(self) -> dict[str, int]:
         return {"packets": self.received, "seq_gaps": 0, "truncated_messages": 0,

@@ -15,7 +15,7 @@ import pytest
 
 from resetwatch import nflog
 from resetwatch.nflog import NflogError, NflogParser, config_message, nlattr
-from resetwatch.packet import SYN, Invalid, Packet, make_key, parse_ip
+from resetwatch.packet import SYN, Invalid, Packet, make_key, parse_fields, parse_ip
 
 NLMSGHDR = struct.Struct("=IHHII")
 
@@ -239,19 +239,23 @@ def test_only_the_first_length_bytes_are_read() -> None:
     assert parser.truncated_messages == 0
 
 
-def test_spans_feed_parse_ip_without_reading_past_the_capture() -> None:
+def test_spans_parse_in_place_without_reading_past_the_capture() -> None:
+    # What NflogSource.batches does: parse_fields on each span of the datagram, no copy.
     syn = tcp_syn(40123, extra=1000)[:128]  # headers-only copy of a big packet
     data = packet_msg(syn, 0) + packet_msg(tcp_syn(40124)[:30], 1) + DONE
     parser = NflogParser()
     (s1, e1), (s2, e2) = parser.parse(data, len(data))
-    first = parse_ip(data[s1:e1], 5.0)
-    assert isinstance(first, Packet)
-    assert first.key == make_key("10.78.0.1", 40123, "10.78.0.2", 8080)
-    assert isinstance(first.key, bytes)
-    assert first.payload_len == 1000
-    assert first.ts == 5.0
+    first = parse_fields(data, 5.0, s1, e1)
+    assert first == parse_ip(data[s1:e1], 5.0)
+    assert isinstance(first, tuple)
+    packet = Packet(*first)
+    assert packet.key == make_key("10.78.0.1", 40123, "10.78.0.2", 8080)
+    assert isinstance(packet.key, bytes)
+    assert packet.payload_len == 1000
+    assert packet.options == "M1460"
+    assert packet.ts == 5.0
     # The second capture ends inside the TCP header: truncated, although the buffer goes on.
-    assert parse_ip(data[s2:e2], 5.0) is Invalid.TRUNCATED
+    assert parse_fields(data, 5.0, s2, e2) is Invalid.TRUNCATED
 
 
 def test_config_message_layout() -> None:

@@ -54,7 +54,7 @@ class IdleSource:
         self.release = threading.Event()
         self.closed = False
 
-    def packets(self, timeout: float) -> Iterator[ParseResult]:
+    def batches(self, timeout: float) -> Iterator[list[ParseResult]]:
         if self.stuck.is_set():
             self.release.wait(10)
         return iter(())
@@ -161,7 +161,7 @@ def test_sigterm_sends_stopping_and_exits_zero(notify_socket, tmp_path: Path) ->
         "from resetwatch.config import Config\n"
         "from resetwatch.daemon import Agent\n"
         "class Idle:\n"
-        "    def packets(self, timeout):\n"
+        "    def batches(self, timeout):\n"
         "        import time; time.sleep(min(timeout, 0.2)); return iter(())\n"
         "    def stats(self):\n"
         "        return dict(packets=0, seq_gaps=0, truncated_messages=0, enobufs=0,"
