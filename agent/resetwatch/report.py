@@ -7,7 +7,7 @@ from typing import Optional
 
 from .classify import Category, Tag
 from .flows import Exclusion
-from .summary import Summary
+from .summary import Summary, share_cell
 
 
 def _bar(share: float, width: int = 30) -> str:
@@ -34,7 +34,7 @@ def summary_table(
         share = shares[category.value]
         count = summary.categories[category]
         lines.append(
-            f"  {category.value:<15}{share + '%':>9}{count:>12,}  {_bar(float(share))}"
+            f"  {category.value:<15}{share_cell(share):>9}{count:>12,}  {_bar(float(share))}"
         )
     if summary.excluded_total:
         lines.append("")

@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 from . import api
 from .classify import Category
+from .summary import share_cell
 
 TIMEOUT_S = 5.0
 TOP_TAGS = 8
@@ -233,7 +234,7 @@ def table(status: Status) -> str:
     for category in Category:
         share = shares[category.value]
         count = counts["categories"][category.value]
-        lines.append(f"  {category.value:<16}{share + '%':>9}{count:>12,}")
+        lines.append(f"  {category.value:<16}{share_cell(share):>9}{count:>12,}")
     top = sorted(
         (t for t in status.tags["tags"] if t["count"]), key=lambda t: (-t["count"], t["tag"])
     )[:TOP_TAGS]
@@ -242,7 +243,7 @@ def table(status: Status) -> str:
         # Tags overlap (a flow carries several), so these are ratios to classified flows.
         lines.append(f"  {'top tags':<16}{'flows':>9}{'of classified':>15}")
         for tag in top:
-            lines.append(f"  {tag['tag']:<16}{tag['count']:>9,}{tag['share'] + '%':>15}")
+            lines.append(f"  {tag['tag']:<16}{tag['count']:>9,}{share_cell(tag['share']):>15}")
     else:
         lines.append("  top tags:              none in this range")
     lost = health["nflogLost"]

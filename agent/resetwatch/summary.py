@@ -31,6 +31,13 @@ def percent_shares(counts: dict[str, int], decimals: int = SHARE_DECIMALS) -> di
     return {name: _decimal(value, decimals) for name, value in floors.items()}
 
 
+def share_cell(share: str) -> str:
+    """A share from `percent_shares` for a table column: the same number, always with
+    `SHARE_DECIMALS` decimals and a percent sign ("3.7" -> "3.70%"), so columns line up."""
+    whole, _, frac = share.partition(".")
+    return f"{whole}.{frac:0<{SHARE_DECIMALS}}%"
+
+
 def _decimal(scaled: int, decimals: int) -> str:
     whole, frac = divmod(scaled, 10**decimals)
     if not frac:

@@ -60,10 +60,10 @@ def test_table(agent: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert (code, err) == (0, "")
     assert agent in out.splitlines()[0]
     lines = {line.split()[0]: line.split() for line in out.splitlines() if line.strip()}
-    assert lines["post_ack"][1:] == ["25%", "3"]
-    assert lines["no_match"][1:] == ["75%", "9"]
-    assert lines["post_syn"][1:] == ["0%", "0"]
-    assert lines["reset"][1:] == ["3", "25%"]  # a tag: count, share of classified
+    assert lines["post_ack"][1:] == ["25.00%", "3"]
+    assert lines["no_match"][1:] == ["75.00%", "9"]
+    assert lines["post_syn"][1:] == ["0.00%", "0"]
+    assert lines["reset"][1:] == ["3", "25.00%"]  # a tag: count, share of classified
     assert "classified flows:      12" in out
     assert "excluded flows:        2 (truncated 2)" in out
     assert "0.001 (1 in 1,000)" in out

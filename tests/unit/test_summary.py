@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from resetwatch.classify import Category, Outcome, Stage, Tag, Verdict
 from resetwatch.flows import Flow
-from resetwatch.summary import Summary, percent_shares
+from resetwatch.summary import Summary, percent_shares, share_cell
 
 from .factory import pkt
 
@@ -65,3 +66,12 @@ def test_counts_read_mid_way_and_written_directly_add_up() -> None:
     assert summary.outcomes[s.POST_SYN, o.TIMEOUT] == 2
     assert summary.classified == 16
     assert (summary.first_ts, summary.last_ts) == (1.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    "share,cell", [("3.7", "3.70%"), ("8.89", "8.89%"), ("100", "100.00%"), ("0", "0.00%"),
+                   ("0.05", "0.05%")],
+)
+def test_share_cells_keep_the_number_with_two_decimals(share: str, cell: str) -> None:
+    assert share_cell(share) == cell
+    assert Decimal(cell[:-1]) == Decimal(share)
