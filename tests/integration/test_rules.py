@@ -568,10 +568,27 @@ def test_spec_normalises_sequences() -> None:
     assert spec == RuleSpec(dports=(80, 443), probability=1.0)
 
 
-def test_nft_refuses_probability_that_is_not_one_in_n() -> None:
-    with pytest.raises(ValueError, match=r"probability: 0\.3 .* \(1 in 3\) or 0\.25 \(1 in 4\)"):
-        backend_for("nft").render(RuleSpec(probability=0.3))
-    assert "mod 3 ==" in backend_for("nft").render(RuleSpec(probability=1 / 3))
+@pytest.mark.parametrize(
+    "probability,numgen",
+    [
+        (0.0001, "numgen random mod 10000 == 0"),
+        (1 / 3, "numgen random mod 3 == 0"),
+        (1.0, "numgen random mod 1 == 0"),
+        (0.3, "numgen random mod 10 < 3"),
+        (0.00015, "numgen random mod 20000 < 3"),
+    ],
+)
+def test_nft_samples_k_in_n(probability: float, numgen: str) -> None:
+    assert f" {numgen} counter ct label set" in backend_for("nft").render(RuleSpec(probability))
+
+
+@ROOT
+def test_nft_k_in_n_installs_and_checks(netns: str) -> None:
+    backend = backend_in("nft", netns)
+    backend.install(RuleSpec(probability=0.3))
+    assert backend.check(RuleSpec(probability=0.3)) == []
+    differences = backend.check(RuleSpec(probability=0.4))
+    assert differences and all("numgen random mod 5 < 2" in d for d in differences), differences
 
 
 def test_backend_names() -> None:

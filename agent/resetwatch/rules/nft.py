@@ -11,9 +11,10 @@ Why this shape:
   without a separate "does it exist" query.
 - The chain hooks prerouting at priority mangle (-150): after conntrack (-200) has found or
   created the connection, as the iptables mangle PREROUTING chain does.
-- nft has no probability match; `numgen random mod N == 0` samples 1 connection in N. So the
-  probability must be 1/N for an integer N: other values are refused rather than silently
-  rounded, because the agent reports the probability it believes in as a metric.
+- nft has no probability match: `numgen random mod N` draws a number below N, and
+  `== 0` samples 1 connection in N (the default, 1 in 10,000), `< K` samples K in N. N and K
+  are the closest fraction to the probability with N below 2^32 (exact for decimal values such
+  as 0.3 = 3 in 10), so the rule samples the probability the agent reports as a metric.
 - Each rule carries a `counter` (so `show` answers "is anything being sampled?") and an id
   comment.
 
@@ -25,7 +26,7 @@ one (the text form changes between nft versions, e.g. `tcp flags & (...) == syn`
 from __future__ import annotations
 
 import json
-import math
+from fractions import Fraction
 from typing import Any, Optional
 
 from .base import RulesBackend, RulesError, connlabel_bits
@@ -33,8 +34,8 @@ from .spec import ID_LOG, ID_SAMPLE, LOG_PREFIX, NFT_CHAIN, NFT_TABLE, RuleSpec
 
 FAMILY = "inet"
 PRIORITY_MANGLE = -150
-INTEGER_TOLERANCE = 1e-6
-"""How far 1/probability may be from an integer (relative) to count as 1 in N."""
+NUMGEN_MOD_MAX = 2**32 - 1
+"""numgen's modulus is a 32-bit register."""
 
 _NFPROTO = {4: "ipv4", 6: "ipv6"}
 _TCP_FLAGS = ["fin", "syn", "rst", "ack"]
@@ -43,21 +44,17 @@ Json = Any
 """A value decoded from nft's JSON output."""
 
 
-def one_in(probability: float) -> int:
-    """N such that `numgen random mod N == 0` samples with the given probability.
+def k_in_n(probability: float) -> tuple[int, int]:
+    """(K, N): sampling K connections in N is the probability, as closely as numgen's 32-bit
+    modulus allows (exactly for 1/N and for decimals such as 0.3)."""
+    fraction = Fraction(probability).limit_denominator(NUMGEN_MOD_MAX)
+    return fraction.numerator, fraction.denominator
 
-    Raises ValueError naming the field when 1/probability is not (close to) an integer.
-    """
-    exact = 1.0 / probability
-    n = max(1, round(exact))
-    if abs(exact - n) > INTEGER_TOLERANCE * n:
-        low, high = math.floor(exact), math.ceil(exact)
-        raise ValueError(
-            f"probability: {probability!r} is not allowed with the nft backend, which samples "
-            f"1 connection in N (numgen random mod N); use 1/N, e.g. {1 / low:.12g} (1 in "
-            f"{low}) or {1 / high:.12g} (1 in {high}), or the iptables backend"
-        )
-    return n
+
+def _numgen(spec: RuleSpec) -> tuple[int, str, int]:
+    """(N, operator, value) of the numgen match: `mod N == 0` for 1 in N, else `mod N < K`."""
+    k, n = k_in_n(spec.probability)
+    return (n, "==", 0) if k == 1 else (n, "<", k)
 
 
 def _nft_set(values: list[str]) -> str:
@@ -81,7 +78,8 @@ def sample_rule(spec: RuleSpec) -> str:
     if spec.dports:
         parts.append("tcp dport " + _nft_set([str(port) for port in spec.dports]))
     parts.append("tcp flags & (fin | syn | rst | ack) == syn ct state new")
-    parts.append(f"numgen random mod {one_in(spec.probability)} == 0")
+    mod, op, value = _numgen(spec)
+    parts.append(f"numgen random mod {mod} {op} {value}")
     parts.append(f'counter ct label set {spec.label} comment "{ID_SAMPLE}"')
     return " ".join(parts)
 
@@ -113,6 +111,7 @@ def _json_set(values: list[Any]) -> Json:
 def wanted_rules(spec: RuleSpec) -> list[tuple[str, str, list[Json]]]:
     """(id comment, rendered text, expressions as `nft -j` lists them) for each of our rules."""
     sample: list[Json] = []
+    mod, op, value = _numgen(spec)
     if len(spec.families) == 1:
         sample.append(_match({"meta": {"key": "nfproto"}}, _NFPROTO[spec.families[0]]))
     if spec.in_interfaces:
@@ -126,7 +125,7 @@ def wanted_rules(spec: RuleSpec) -> list[tuple[str, str, list[Json]]]:
     sample += [
         _match({"&": [flags, list(_TCP_FLAGS)]}, "syn"),
         _match({"ct": {"key": "state"}}, "new", "in"),
-        _match({"numgen": {"mode": "random", "mod": one_in(spec.probability), "offset": 0}}, 0),
+        _match({"numgen": {"mode": "random", "mod": mod, "offset": 0}}, value, op),
         {"counter": None},
         {"mangle": {"key": {"ct": {"key": "label"}}, "value": spec.label}},
     ]
