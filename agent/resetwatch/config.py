@@ -21,6 +21,7 @@ else:  # pragma: no cover - exercised on RHEL 9's Python 3.9
     import tomli as tomllib
 
 from .rules import BACKENDS
+from .rules.spec import IFNAME, MIN_PROBABILITY
 
 DEFAULT_CONFIG = Path("/etc/resetwatch/resetwatch.toml")
 DEFAULT_PORT = 9824
@@ -110,16 +111,21 @@ def _ports(value: Any) -> tuple[int, ...]:
 
 
 def _names(value: Any) -> tuple[str, ...]:
+    # The rules' own test of a name (rules/spec.py), so a reload can never pass a name here
+    # that installing the rules then refuses.
     if not isinstance(value, (list, tuple)) or not all(
-        isinstance(n, str) and 0 < len(n) < 16 and "/" not in n for n in value
+        isinstance(n, str) and IFNAME.match(n) for n in value
     ):
-        raise ValueError('a list of interface names, e.g. ["eth0"]')
+        raise ValueError(
+            "a list of interface names of 1 to 15 letters, digits or _.@:- with an optional "
+            'trailing + as a wildcard, e.g. ["eth0", "ens+"]'
+        )
     return tuple(value)
 
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("probability", 0.0001, "share of new ingress TCP connections sampled",
-            _number(0.0, 1.0, low_open=True), "P"),
+            _number(MIN_PROBABILITY, 1.0, what=" (the kernel samples in steps of 1/2^31)"), "P"),
     Setting("nflog_group", 10, "NFLOG group the sampled packets are logged to",
             _integer(0, 65535), "N"),
     Setting("label", 7, "conntrack label bit that marks a sampled connection",

@@ -308,7 +308,9 @@ class Agent:
             log.error("rules check failed: %s", error)
 
     def reload(self) -> None:
-        """SIGHUP: read the config again; keep the old one if the new one is bad."""
+        """SIGHUP: read the config again and apply it, rules first. Keep the running config,
+        whole, when the new file is bad or its rules cannot be installed: the exported
+        probability must stay the one the installed rules sample with."""
         try:
             new = self._reload_config()
         except ConfigError as error:
@@ -319,6 +321,11 @@ class Agent:
         if any(getattr(new, key) != getattr(old, key) for key in restart_keys):
             log.warning("listen, nflog_group and state_dir changes take effect after a restart")
             new = replace(new, **{key: getattr(old, key) for key in restart_keys})
+        try:
+            self._apply_rules(old, new)
+        except (RulesError, ValueError) as error:
+            log.error("reload refused, keeping the running config: rules: %s", error)
+            return
         if new.records != old.records:
             try:
                 self._open_records(new.records)
@@ -333,23 +340,31 @@ class Agent:
         self.health.probability = new.probability
         self.health.max_flows = new.max_flows
         self.health.rules_managed = not new.no_rules
-        try:
-            if new.no_rules:
-                if self.backend is not None and not old.keep_rules:
-                    self.backend.remove()
-                self.backend = None
-            else:
-                if self.backend is not None and new.backend != old.backend:
-                    self.backend.remove()
-                    self.backend = None
-                if self.backend is None:
-                    self.backend = self._backend_for(new.backend)
-                self.backend.install(rule_spec(new))
-                self.health.rules_present = True
-        except (RulesError, ValueError) as error:
-            self.health.rules_present = False
-            log.error("reload: rules: %s", error)
         self.health.reloads += 1
+
+    def _apply_rules(self, old: Config, new: Config) -> None:
+        """Make the installed rules those of `new`. On failure the rules of `old` are put
+        back where they were taken away (the periodic check repairs what this cannot)."""
+        current = self.backend
+        if new.no_rules:
+            if current is not None and not old.keep_rules:
+                current.remove()
+            self.backend = None
+            return
+        if current is not None and new.backend == old.backend:
+            current.install(rule_spec(new))
+        else:
+            fresh = self._backend_for(new.backend)
+            if current is not None:
+                current.remove()
+            try:
+                fresh.install(rule_spec(new))
+            except RulesError:
+                if current is not None:
+                    current.install(rule_spec(old))
+                raise
+            self.backend = fresh
+        self.health.rules_present = True
         log.info("configuration reloaded from %s", new.source)
 
     def stop(self) -> None:

@@ -32,8 +32,11 @@ def test_file_then_flags(tmp_path: Path) -> None:
 
 
 BAD = [
-    ("probability = 2", "probability = 2 is not allowed: must be a number greater than 0"),
+    ("probability = 2", "probability = 2 is not allowed: must be a number at least 4.65661e-10"),
     ("probability = 0", "probability = 0 is not allowed"),
+    ("probability = 1e-12", "probability = 1e-12 is not allowed: must be a number at least"),
+    ('interfaces = ["eth 0"]', "interfaces = ['eth 0'] is not allowed: must be a list"),
+    ('interfaces = ["eth*"]', "interfaces = ['eth*'] is not allowed: must be a list"),
     ('probability = "x"', "probability = 'x' is not allowed: must be a number"),
     ("label = 128", "label = 128 is not allowed: must be a whole number from 0 to 127"),
     ('backend = "pf"', "backend = 'pf' is not allowed: must be one of auto, iptables, "),

@@ -39,7 +39,7 @@ MAX_MAX_PACKETS = 1000
 # Linux interface names are at most 15 bytes. We accept a conservative character set so that a
 # name never needs quoting in either tool's syntax; a trailing "+" is the iptables wildcard
 # ("eth+" = every name starting with "eth"), rendered as "eth*" for nft.
-_IFNAME = re.compile(r"^[A-Za-z0-9_.@:-]{1,15}\+?$")
+IFNAME = re.compile(r"^[A-Za-z0-9_.@:-]{1,15}\+?$")
 
 
 def _int_in(value: object, low: int, high: int) -> bool:
@@ -133,7 +133,7 @@ class RuleSpec:
         names = cls._sequence("in_interfaces", value)
         checked: set[str] = set()
         for name in names:
-            if not isinstance(name, str) or not _IFNAME.match(name):
+            if not isinstance(name, str) or not IFNAME.match(name):
                 raise ValueError(
                     f"in_interfaces: {name!r} is not allowed; use interface names of 1..15 "
                     "letters, digits or _.@:- with an optional trailing + as a wildcard "

@@ -1,0 +1,86 @@
+"""SIGHUP reload: rules first, and all or nothing (a test double stands in for the kernel's
+rules; tests/integration/test_agent_lab.py reloads a real agent)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Optional
+
+import pytest
+
+from resetwatch.config import Config
+from resetwatch.daemon import Agent
+from resetwatch.packet import ParseResult
+from resetwatch.rules import RuleSpec
+from resetwatch.rules.base import RulesError
+
+
+class NoTraffic:
+    def batches(self, timeout: float) -> Iterator[list[ParseResult]]:
+        return iter(())
+
+    def stats(self) -> dict[str, int]:
+        return {"packets": 0, "seq_gaps": 0, "truncated_messages": 0, "enobufs": 0,
+                "rcvbuf_bytes": 0}
+
+    def close(self) -> None:
+        pass
+
+
+class Rules:
+    """One backend's installed rules; `refuse` makes installing that probability fail."""
+
+    def __init__(self, name: str, refuse: Optional[float]) -> None:
+        self.name = name
+        self.refuse = refuse
+        self.installed: Optional[RuleSpec] = None
+
+    def install(self, spec: RuleSpec) -> None:
+        if spec.probability == self.refuse:
+            raise RulesError(f"{self.name}: exit 1: cannot install")
+        self.installed = spec
+
+    def remove(self) -> None:
+        self.installed = None
+
+    def check(self, spec: RuleSpec) -> list[str]:
+        return [] if self.installed == spec else ["rules differ"]
+
+
+@pytest.fixture
+def reloading() -> Iterator[tuple[Agent, dict[str, Rules], list[Config]]]:
+    backends = {name: Rules(name, refuse=0.5) for name in ("iptables", "nft")}
+    pending = [Config(listen="127.0.0.1:0", state_dir="", backend="iptables")]
+    agent = Agent(pending[0], reload=lambda: pending[0], open_source=lambda c, k: NoTraffic(),
+                  rules_backend=backends.__getitem__)  # type: ignore[arg-type]
+    agent.start()
+    try:
+        yield agent, backends, pending
+    finally:
+        agent.stop()
+
+
+def test_reload_applies_new_rules_and_probability(reloading) -> None:
+    agent, backends, pending = reloading
+    pending[0] = Config(listen="127.0.0.1:0", state_dir="", backend="iptables", probability=0.25)
+    agent.reload()
+    assert backends["iptables"].installed == RuleSpec(probability=0.25)
+    assert (agent.config.probability, agent.health.probability) == (0.25, 0.25)
+    assert agent.health.reloads == 1
+
+
+@pytest.mark.parametrize("backend", ["iptables", "nft"])
+def test_rules_that_cannot_be_installed_refuse_the_whole_reload(reloading, backend: str) -> None:
+    agent, backends, pending = reloading
+    running = agent.config
+    pending[0] = Config(listen="127.0.0.1:0", state_dir="", backend=backend, probability=0.5,
+                        max_flows=10)
+    agent.reload()
+    assert agent.config == running
+    assert agent.health.probability == running.probability  # what the installed rules sample
+    assert agent.engine.table.max_flows == running.max_flows
+    assert agent.health.reloads == 0
+    # The running rules are where they were (put back, when the backend was to change).
+    assert backends["iptables"].installed == RuleSpec(probability=running.probability)
+    assert backends["nft"].installed is None
+    agent.step(timeout=0)  # the loop goes on
