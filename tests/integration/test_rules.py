@@ -521,9 +521,9 @@ log prefix "resetwatch" group 10 snaplen 128 comment "resetwatch:log"
 
 def test_render_defaults() -> None:
     assert backend_for("iptables").render(RuleSpec()) == (
-        "# iptables-restore -w --noflush\n"
+        "# iptables-restore -w 5 --noflush\n"
         + IPTABLES_FAMILY_DEFAULTS
-        + "# ip6tables-restore -w --noflush\n"
+        + "# ip6tables-restore -w 5 --noflush\n"
         + IPTABLES_FAMILY_DEFAULTS
     )
     assert backend_for("nft").render(RuleSpec()) == NFT_DEFAULTS
@@ -615,6 +615,6 @@ def test_tool_failure_is_a_one_line_error_naming_command_and_stderr() -> None:
         backend_for("iptables", failing).install(RuleSpec(families=(4,)))
     message = str(caught.value)
     assert "\n" not in message
-    assert message.startswith("`iptables-restore -w --noflush` failed (exit 1): iptables-restore")
+    assert message.startswith("`iptables-restore -w 5 --noflush` failed (exit 1): iptables-re")
     assert "line 5 failed" in message and "[line 5: -A RESETWATCH" in message
-    assert ["iptables", "-w", "-t", "mangle", "-S"] in seen
+    assert ["iptables", "-w", "5", "-t", "mangle", "-S"] in seen

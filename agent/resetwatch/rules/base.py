@@ -19,9 +19,15 @@ A runner must not raise for a non-zero exit; it may raise `FileNotFoundError` (o
 when the program does not exist.
 """
 
-COMMAND_TIMEOUT = 60.0
-"""Seconds one tool may take. `-w` waits for the xtables lock, so a stuck holder of that lock
-must turn into an error the daemon can report, not a hung agent."""
+LOCK_WAIT = 5
+"""Seconds an iptables tool waits for the xtables lock (`-w 5`) before it fails. The agent
+checks its rules from the packet loop, whose watchdog (WatchdogSec=30s) must keep hearing
+from it while another program (a firewall reload) holds the lock: a held lock becomes a
+logged rules error and a later retry, not a restart."""
+
+COMMAND_TIMEOUT = 15.0
+"""Seconds one tool may take in all, lock wait included: a hung tool must become an error the
+daemon can report, not a hung agent."""
 
 
 class RulesError(Exception):

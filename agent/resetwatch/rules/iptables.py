@@ -2,7 +2,7 @@
 
 Why this shape (the pattern kube-proxy, Calico and fail2ban use):
 
-- `iptables-restore -w --noflush` applies a whole family in one transaction and leaves every
+- `iptables-restore -w 5 --noflush` applies a whole family in one transaction and leaves every
   other rule alone. It works the same on iptables-legacy and iptables-nft hosts, because it is
   the host's own tool; python-iptables binds libiptc and would write the legacy tables, which
   an iptables-nft host does not evaluate.
@@ -27,7 +27,7 @@ import shutil
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .base import RulesBackend, Runner, connlabel_bits, run_local
+from .base import LOCK_WAIT, RulesBackend, Runner, connlabel_bits, run_local
 from .spec import CHAIN, ID_JUMP, ID_LOG, ID_SAMPLE, LOG_PREFIX, RuleSpec
 
 TABLE = "mangle"
@@ -261,7 +261,11 @@ class IptablesBackend(RulesBackend):
         cannot hide connections from us; it is added only when missing, which is what makes
         `install` idempotent.
         """
-        lines = [f"# {self.tools[family][1]} -w --noflush", f"*{TABLE}", f":{CHAIN} - [0:0]"]
+        lines = [
+            f"# {self.tools[family][1]} -w {LOCK_WAIT} --noflush",
+            f"*{TABLE}",
+            f":{CHAIN} - [0:0]",
+        ]
         lines.append(f"-F {CHAIN}")
         for args in [*sample_rules(spec), log_rule(spec)]:
             lines.append(f"-A {CHAIN} {_tokens(args)}")
@@ -292,7 +296,7 @@ class IptablesBackend(RulesBackend):
 
     def listing(self, family: int, counters: bool = False) -> str:
         """`iptables -S` of table mangle (all chains: one call, and no error if ours is absent)."""
-        argv = [self.tools[family][0], "-w", "-t", TABLE]
+        argv = [self.tools[family][0], "-w", str(LOCK_WAIT), "-t", TABLE]
         if counters:
             argv.append("-v")
         return self.run([*argv, "-S"]).stdout
@@ -301,7 +305,7 @@ class IptablesBackend(RulesBackend):
         return parse_listing(self.listing(family))
 
     def _restore(self, family: int, text: str) -> None:
-        self.run([self.tools[family][1], "-w", "--noflush"], text)
+        self.run([self.tools[family][1], "-w", str(LOCK_WAIT), "--noflush"], text)
 
     # -- the interface ---------------------------------------------------------------------
 
