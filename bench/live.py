@@ -28,14 +28,15 @@ over from one measurement to the next. In each lab:
   The reader under test (resetwatch or ulogd) is pinned to another CPU (`--reader-cpu`, default
   the last one). `--rate 0` sends as fast as trafgen can; `--rate N` asks trafgen for N
   packets/s in total (its paced mode: one sendto per packet, so it tops out lower).
-- Rules: the agent's own two rules (`resetwatch run` installs them; for ulogd,
-  `resetwatch rules install --probability 1`), NFLOG group 10, 128 bytes copied per packet.
+- Rules: the agent's own rules (`resetwatch run` installs them; for ulogd,
+  `resetwatch rules install --probability 1`), NFLOG group 10, headers only (the flood's
+  option-less SYNs: 40 bytes each).
 
 Measurements (each one prints its row in the table):
 
 1. resetwatch: `resetwatch run --probability 1 --max-flows 1000000 --backend iptables` in the
-   server namespace, flooded for `--seconds`. Kernel logged = packet counter of the NFLOG rule
-   (`iptables -t mangle -L RESETWATCH -v -x -n`); received = resetwatch_nflog_packets_total;
+   server namespace, flooded for `--seconds`. Kernel logged = packet counters of the NFLOG
+   rules (`iptables -t mangle -L RESETWATCH -v -x -n`); received = resetwatch_nflog_packets_total;
    loss = logged - received, next to the agent's own resetwatch_nflog_lost_total{reason} and
    resetwatch_nflog_overruns_total. CPU = utime + stime from /proc/PID/stat between just
    before the flood and the end of the drain (the reader has caught up or stopped moving), per

@@ -30,6 +30,7 @@ from .notify import Notifier
 from .packet import FieldsResult, Invalid
 from .records import RecordWriter
 from .rules import RulesBackend, RulesError, RuleSpec, backend_for
+from .rules.spec import MAX_HEADER_COPY
 from .server import HttpServer
 
 log = logging.getLogger("resetwatch")
@@ -64,7 +65,14 @@ SourceFactory = Callable[[Config, Callable[[], float]], PacketSource]
 def open_nflog(config: Config, clock: Callable[[], float]) -> PacketSource:
     from .nflog import NflogSource
 
-    return NflogSource(config.nflog_group, clock=clock, rcvbuf_max=config.nflog_buffer_max)
+    # The group copies no more than the longest header a rule asks for, also when someone
+    # else's rules (no_rules) log to it with a larger size.
+    return NflogSource(
+        config.nflog_group,
+        copy_range=MAX_HEADER_COPY,
+        clock=clock,
+        rcvbuf_max=config.nflog_buffer_max,
+    )
 
 
 def rule_spec(config: Config) -> RuleSpec:

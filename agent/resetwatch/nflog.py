@@ -139,7 +139,8 @@ _SEQ_MOD = 1 << 32
 _SEQ_HALF = 1 << 31
 
 DEFAULT_COPY_RANGE = 128
-"""Bytes of each packet to copy: IPv4/IPv6 + TCP headers with options, never payload data."""
+"""Most bytes of a packet the group copies (an upper bound: each rule's own NFLOG size, the
+agent's headers-only sizes, applies below it). The agent passes its largest rule size."""
 DEFAULT_QTHRESH = 64
 """Packets per batch: one datagram, one wake-up, one system call per 64 packets under load."""
 DEFAULT_TIMEOUT_CS = 10

@@ -449,12 +449,17 @@ def test_rules_cli_install_twice_show_remove(lab: Lab, backend: str) -> None:
         assert f"installed ({backend})" in installed.stdout
     shown = cli(lab, "rules", "show", *flags)
     assert shown.returncode == 0, shown.stderr
-    copies = 2 if backend == "iptables" else 1  # iptables: one chain per family
-    for rule_id in ("resetwatch:sample", "resetwatch:log"):
-        assert shown.stdout.count(rule_id) == copies, shown.stdout
+    # iptables: a chain per family; nft: one table, log rules per family.
+    copies = {
+        '"resetwatch:sample"': 2 if backend == "iptables" else 1,
+        '"resetwatch:log-syn"': 2,
+        '"resetwatch:log"': 2,
+    }
+    for rule_id, count in copies.items():
+        assert shown.stdout.count(rule_id) == count, shown.stdout
     during = _snapshot(lab)
-    for rule_id in ("resetwatch:sample", "resetwatch:log"):
-        assert during.count(rule_id) == copies, during
+    for rule_id, count in copies.items():
+        assert during.count(rule_id) == count, during
     assert all(line in during for line in before.splitlines() if "foreign" in line)
     checked = cli(lab, "rules", "check", *flags)
     assert checked.returncode == 0, checked.stdout

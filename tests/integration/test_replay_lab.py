@@ -12,6 +12,7 @@ skips with the reason otherwise.
 from __future__ import annotations
 
 import ipaddress
+import struct
 import subprocess
 import time
 from dataclasses import dataclass
@@ -32,6 +33,9 @@ from tests.lab.scenarios import (
     wire_by_sport,
 )
 from tests.lab.traffic import HTTP_PORT, http_get, start_server
+
+from resetwatch.pcap import LINKTYPE_NFLOG, ip_offset
+from resetwatch.rules.spec import HEADER_COPY
 
 TOOLS = ("ip", "iptables", "ip6tables", "tcpdump", "curl", "hping3", "zmap")
 
@@ -102,6 +106,35 @@ def test_capture_holds_at_most_ten_packets_per_flow(lab_run: LabRun) -> None:
     more), and every logged packet reached the capture."""
     assert max(len(packets) for packets in lab_run.wire.values()) == 10
     assert lab_run.run.packets == sum(len(p) for p in lab_run.wire.values())
+
+
+def test_capture_holds_headers_and_no_payload(lab_run: LabRun) -> None:
+    """The log rules copy the IP header and the TCP header (all 60 possible bytes of it for a
+    SYN, the fixed 20 otherwise) and not one byte of payload, though the lab's clients send
+    requests and ClientHellos. Read from the raw records, not through the agent's parser."""
+    data = lab_run.run.capture.read_bytes()
+    assert struct.unpack_from("<I", data)[0] == 0xA1B2C3D4  # written on this little-endian host
+    assert struct.unpack_from("<I", data, 20)[0] == LINKTYPE_NFLOG
+    pos, checked, with_payload = 24, 0, 0
+    while pos < len(data):
+        caplen = struct.unpack_from("<I", data, pos + 8)[0]
+        frame = data[pos + 16 : pos + 16 + caplen]
+        pos += 16 + caplen
+        start = ip_offset(LINKTYPE_NFLOG, frame)
+        assert isinstance(start, int)
+        copied = struct.unpack_from("<H", frame, start - 4)[0] - 4  # NFULA_PAYLOAD's length
+        ip = frame[start : start + copied]
+        family = ip[0] >> 4
+        ip_header = 20 if family == 4 else 40  # the lab sends no IP options or extensions
+        total = struct.unpack_from("!H", ip, 2)[0] if family == 4 else 40 + ip[4] * 256 + ip[5]
+        syn = ip[ip_header + 13] & 0x12 == 0x02  # SYN without ACK
+        headers = ip_header + (ip[ip_header + 12] >> 4) * 4
+        assert copied == min(total, HEADER_COPY[family][syn]), (family, syn, total, copied)
+        assert copied <= headers, f"{copied - headers} payload bytes copied"
+        checked += 1
+        with_payload += total > headers
+    assert checked == lab_run.run.packets
+    assert with_payload >= 10  # requests and ClientHellos were logged: their payload was not
 
 
 def test_lab_namespaces_have_only_lab_routes(lab_run: LabRun) -> None:

@@ -31,7 +31,7 @@ from resetwatch.rules import (
     netns_runner,
     run_local,
 )
-from resetwatch.rules.spec import CHAIN, ID_JUMP, ID_LOG, ID_SAMPLE
+from resetwatch.rules.spec import CHAIN, ID_JUMP, ID_LOG, ID_LOG_SYN, ID_SAMPLE
 
 ROOT = pytest.mark.root
 """Marks the tests that need root, namespaces and the real kernel (the rest are pure)."""
@@ -144,23 +144,25 @@ def copies(backend: str, namespace: str) -> dict[str, int]:
         text = "".join(sh(namespace, tool(backend, f), "-t", "mangle", "-S") for f in (4, 6))
     else:
         text = sh(namespace, "nft", "list", "ruleset")
-    counts = {rule_id: text.count(f'"{rule_id}"') for rule_id in (ID_JUMP, ID_SAMPLE, ID_LOG)}
+    ids = (ID_JUMP, ID_SAMPLE, ID_LOG_SYN, ID_LOG)
+    counts = {rule_id: text.count(f'"{rule_id}"') for rule_id in ids}
     counts["table"] = text.count("table inet resetwatch")
     counts["chain"] = text.count(f"-N {CHAIN}")
     return counts
 
 
-IPTABLES_ONE_COPY = {ID_JUMP: 2, ID_SAMPLE: 2, ID_LOG: 2, "table": 0, "chain": 2}  # IPv4 + IPv6
+# IPv4 + IPv6; the nft table is shared by both families, its log rules are per family.
+IPTABLES_ONE_COPY = {ID_JUMP: 2, ID_SAMPLE: 2, ID_LOG_SYN: 2, ID_LOG: 2, "table": 0, "chain": 2}
 ONE_COPY = {
     "iptables": IPTABLES_ONE_COPY,
     "iptables-legacy": IPTABLES_ONE_COPY,
-    "nft": {ID_JUMP: 0, ID_SAMPLE: 1, ID_LOG: 1, "table": 1, "chain": 0},
+    "nft": {ID_JUMP: 0, ID_SAMPLE: 1, ID_LOG_SYN: 2, ID_LOG: 2, "table": 1, "chain": 0},
 }
 
 SPECS = {
     "defaults": RuleSpec(),
     "filtered": RuleSpec(probability=0.01, dports=(443, 80), in_interfaces=("eth+", "lo")),
-    "many-ports": RuleSpec(label=100, nflog_group=7, copy_range=96, dports=tuple(range(1, 21))),
+    "many-ports": RuleSpec(label=100, nflog_group=7, dports=tuple(range(1, 21))),
     "ipv6-only": RuleSpec(families=(6,), max_packets=3),
 }
 
@@ -247,7 +249,7 @@ IPTABLES_DAMAGE = [
         ["{ip4} -t mangle -D PREROUTING -m comment --comment resetwatch:jump -j RESETWATCH"],
         "IPv4: no jump",
     ),
-    ("extra", ["{ip6} -t mangle -A RESETWATCH -j RETURN"], "IPv6: RESETWATCH rule 3 is not wanted"),
+    ("extra", ["{ip6} -t mangle -A RESETWATCH -j RETURN"], "IPv6: RESETWATCH rule 4 is not wanted"),
     ("second-jump", ["{ip4} -t mangle -A PREROUTING -j RESETWATCH"], "IPv4: 2 jumps"),
     ("no-chain", ["{ip6} -t mangle -F", "{ip6} -t mangle -X RESETWATCH"], "IPv6: chain"),
 ]
@@ -256,7 +258,7 @@ DAMAGE = [
 ] + [
     ("nft", "flush", ["nft flush chain inet resetwatch prerouting"], "rule 1 is missing"),
     ("nft", "no-table", ["nft delete table inet resetwatch"], "table inet resetwatch is missing"),
-    ("nft", "extra", ["nft add rule inet resetwatch prerouting counter"], "rule 3 is not wanted"),
+    ("nft", "extra", ["nft add rule inet resetwatch prerouting counter"], "rule 6 is not wanted"),
     (
         "nft",
         "changed",
@@ -421,7 +423,7 @@ def packet_counters(backend: str, namespace: str, family: int) -> dict[str, int]
     if backend != "nft":
         listing = sh(namespace, tool(backend, family), "-w", "-t", "mangle", "-v", "-S", CHAIN)
         for line in listing.splitlines():
-            found = re.search(r'--comment "?(resetwatch:\w+)"?.* -c (\d+) \d+', line)
+            found = re.search(r'--comment "?(resetwatch:[\w-]+)"?.* -c (\d+) \d+', line)
             if found:
                 counts[found.group(1)] = counts.get(found.group(1), 0) + int(found.group(2))
     else:
@@ -431,7 +433,8 @@ def packet_counters(backend: str, namespace: str, family: int) -> dict[str, int]
             if rule:
                 for expr in rule["expr"]:
                     if "counter" in expr:
-                        counts[rule["comment"]] = expr["counter"]["packets"]
+                        comment = rule["comment"]
+                        counts[comment] = counts.get(comment, 0) + expr["counter"]["packets"]
     return counts
 
 
@@ -461,10 +464,10 @@ def test_probability_one_labels_the_connection_and_logs_its_first_packets(
 
     counters = packet_counters(backend_name, server, family)
     assert counters[ID_SAMPLE] == 1  # the one SYN
-    assert counters[ID_LOG] > 0
+    assert counters[ID_LOG_SYN] == 1  # logged with its options, by the SYN's own rule
     # More than max_packets came in, and exactly the first max_packets were logged.
     assert conntrack_original_packets(server, family) > spec.max_packets
-    assert counters[ID_LOG] == spec.max_packets
+    assert counters[ID_LOG_SYN] + counters[ID_LOG] == spec.max_packets
     labels = conntrack_labels(server, family)
     assert len(labels) == 1, labels
     assert labels[0] >> spec.label & 1, f"label bit {spec.label} not set: {labels[0]:#x}"
@@ -484,7 +487,7 @@ def test_the_hosts_own_loopback_connections_are_never_sampled(
     connect(server, server, family, rounds=3, address=loopback)
     counters = packet_counters(backend_name, server, family)
     assert counters[ID_SAMPLE] == 0
-    assert counters[ID_LOG] == 0
+    assert counters[ID_LOG_SYN] == counters[ID_LOG] == 0
 
 
 # -- no kernel needed: the exact text fed to the tools, validation, error messages -----------
@@ -496,10 +499,14 @@ IPTABLES_FAMILY_DEFAULTS = """\
 -A RESETWATCH ! -i lo -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -m conntrack --ctstate NEW \
 -m statistic --mode random --probability 0.0001 -m connlabel --label 7 --set \
 -m comment --comment "resetwatch:sample"
--A RESETWATCH -p tcp -m conntrack --ctdir ORIGINAL -m connlabel --label 7 \
--m connbytes ! --connbytes 11 \
+-A RESETWATCH -p tcp -m tcp --tcp-flags SYN,ACK SYN -m conntrack --ctdir ORIGINAL \
+-m connlabel --label 7 -m connbytes ! --connbytes 11 \
+--connbytes-mode packets --connbytes-dir original -m comment --comment "resetwatch:log-syn" \
+-j NFLOG --nflog-prefix resetwatch --nflog-group 10 --nflog-size {syn}
+-A RESETWATCH -p tcp -m tcp ! --tcp-flags SYN,ACK SYN -m conntrack --ctdir ORIGINAL \
+-m connlabel --label 7 -m connbytes ! --connbytes 11 \
 --connbytes-mode packets --connbytes-dir original -m comment --comment "resetwatch:log" \
--j NFLOG --nflog-prefix resetwatch --nflog-group 10 --nflog-size 128
+-j NFLOG --nflog-prefix resetwatch --nflog-group 10 --nflog-size {other}
 -I PREROUTING 1 -m comment --comment "resetwatch:jump" -j RESETWATCH
 COMMIT
 """
@@ -512,8 +519,18 @@ table inet resetwatch {
 \t\ttype filter hook prerouting priority mangle; policy accept;
 \t\tiifname != "lo" tcp flags & (fin | syn | rst | ack) == syn ct state new \
 numgen random mod 10000 == 0 counter ct label set 7 comment "resetwatch:sample"
-\t\tmeta l4proto tcp ct direction original ct label 7 ct original packets < 11 counter \
-log prefix "resetwatch" group 10 snaplen 128 comment "resetwatch:log"
+\t\tmeta nfproto ipv4 tcp flags & (syn | ack) == syn ct direction original ct label 7 \
+ct original packets < 11 counter log prefix "resetwatch" group 10 snaplen 80 \
+comment "resetwatch:log-syn"
+\t\tmeta nfproto ipv4 tcp flags & (syn | ack) != syn ct direction original ct label 7 \
+ct original packets < 11 counter log prefix "resetwatch" group 10 snaplen 40 \
+comment "resetwatch:log"
+\t\tmeta nfproto ipv6 tcp flags & (syn | ack) == syn ct direction original ct label 7 \
+ct original packets < 11 counter log prefix "resetwatch" group 10 snaplen 100 \
+comment "resetwatch:log-syn"
+\t\tmeta nfproto ipv6 tcp flags & (syn | ack) != syn ct direction original ct label 7 \
+ct original packets < 11 counter log prefix "resetwatch" group 10 snaplen 60 \
+comment "resetwatch:log"
 \t}
 }
 """
@@ -522,9 +539,9 @@ log prefix "resetwatch" group 10 snaplen 128 comment "resetwatch:log"
 def test_render_defaults() -> None:
     assert backend_for("iptables").render(RuleSpec()) == (
         "# iptables-restore -w 5 --noflush\n"
-        + IPTABLES_FAMILY_DEFAULTS
+        + IPTABLES_FAMILY_DEFAULTS.format(syn=80, other=40)
         + "# ip6tables-restore -w 5 --noflush\n"
-        + IPTABLES_FAMILY_DEFAULTS
+        + IPTABLES_FAMILY_DEFAULTS.format(syn=100, other=60)
     )
     assert backend_for("nft").render(RuleSpec()) == NFT_DEFAULTS
 
@@ -548,7 +565,6 @@ def test_render_filters() -> None:
         ({"label": 128}, "label: 128 is not allowed; use an integer 0..127"),
         ({"label": True}, "label: True"),
         ({"nflog_group": 65536}, "nflog_group: 65536"),
-        ({"copy_range": 20}, "copy_range: 20"),
         ({"max_packets": 0}, "max_packets: 0"),
         ({"dports": (0,)}, "dports: 0"),
         ({"dports": "443"}, "dports: '443' is not allowed; use a list"),

@@ -9,8 +9,8 @@ Why this shape (the pattern kube-proxy, Calico and fail2ban use):
 - All our rules live in chain `RESETWATCH`, reached by exactly one jump from `PREROUTING`. We
   replace our chain wholesale and never edit PREROUTING except for that jump, so foreign rules
   are never touched, and removing us is "delete the jump, flush and delete the chain".
-- Every rule carries an id comment (`resetwatch:sample`, `resetwatch:log`, `resetwatch:jump`), so
-  an operator reading `iptables -S` sees whose rules these are.
+- Every rule carries an id comment (`resetwatch:sample`, `resetwatch:log-syn`, `resetwatch:log`,
+  `resetwatch:jump`), so an operator reading `iptables -S` sees whose rules these are.
 
 `check` reads `iptables -S` and compares rules after normalising what iptables rewrites on the
 way back: the implicit `-m tcp`, quotes, option order inside a match, the probability (stored
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from .base import LOCK_WAIT, RulesBackend, Runner, connlabel_bits, run_local
-from .spec import CHAIN, ID_JUMP, ID_LOG, ID_SAMPLE, LOG_PREFIX, RuleSpec
+from .spec import CHAIN, HEADER_COPY, ID_JUMP, ID_LOG, ID_LOG_SYN, ID_SAMPLE, LOG_PREFIX, RuleSpec
 
 TABLE = "mangle"
 FLAVOURS = ("", "legacy", "nft")
@@ -88,26 +88,32 @@ def sample_rules(spec: RuleSpec) -> list[list[str]]:
     return rules
 
 
-def log_rule(spec: RuleSpec) -> list[str]:
-    """Arguments of the log rule: the first packets of a labelled connection go to NFLOG.
+def log_rules(spec: RuleSpec, family: int) -> list[list[str]]:
+    """Arguments of the log rules: the first packets of a labelled connection go to NFLOG,
+    SYNs (SYN without ACK) by one rule, everything else by the other, because they copy
+    different lengths of header (`HEADER_COPY`): together they are the method's one log rule.
 
-    It carries no port or interface filter: the label already says the connection was chosen,
+    They carry no port or interface filter: the label already says the connection was chosen,
     and a sampled connection's later packets must be logged whatever path they take.
     `! --connbytes N` means "fewer than N packets so far"; conntrack counts the packet before
     mangle sees it, so N = max_packets + 1 logs exactly the first max_packets. Only the
     original (client-to-server) direction: on loopback or on a forwarding host the replies
     pass PREROUTING too, and they are not the client's packets.
     """
-    return [
-        "-p", "tcp",
-        "-m", "conntrack", "--ctdir", "ORIGINAL",
-        "-m", "connlabel", "--label", str(spec.label),
-        "-m", "connbytes", "!", "--connbytes", str(spec.packets_below),
-        "--connbytes-mode", "packets", "--connbytes-dir", "original",
-        "-m", "comment", "--comment", ID_LOG,
-        "-j", "NFLOG", "--nflog-prefix", LOG_PREFIX,
-        "--nflog-group", str(spec.nflog_group), "--nflog-size", str(spec.copy_range),
-    ]  # fmt: skip
+    other, syn = HEADER_COPY[family]
+    rules = []
+    for negate, rule_id, size in ((False, ID_LOG_SYN, syn), (True, ID_LOG, other)):
+        rules.append([
+            "-p", "tcp", "-m", "tcp", *(["!"] if negate else []), "--tcp-flags", "SYN,ACK", "SYN",
+            "-m", "conntrack", "--ctdir", "ORIGINAL",
+            "-m", "connlabel", "--label", str(spec.label),
+            "-m", "connbytes", "!", "--connbytes", str(spec.packets_below),
+            "--connbytes-mode", "packets", "--connbytes-dir", "original",
+            "-m", "comment", "--comment", rule_id,
+            "-j", "NFLOG", "--nflog-prefix", LOG_PREFIX,
+            "--nflog-group", str(spec.nflog_group), "--nflog-size", str(size),
+        ])  # fmt: skip
+    return rules
 
 
 JUMP_RULE = ["-m", "comment", "--comment", ID_JUMP, "-j", CHAIN]
@@ -267,7 +273,7 @@ class IptablesBackend(RulesBackend):
             f":{CHAIN} - [0:0]",
         ]
         lines.append(f"-F {CHAIN}")
-        for args in [*sample_rules(spec), log_rule(spec)]:
+        for args in [*sample_rules(spec), *log_rules(spec, family)]:
             lines.append(f"-A {CHAIN} {_tokens(args)}")
         lines.extend(f"-D PREROUTING {jump}" for jump in delete_jumps)
         if add_jump:
@@ -386,11 +392,11 @@ class IptablesBackend(RulesBackend):
                         f"{name}: chain {CHAIN} is installed but family {family} is not wanted"
                     )
                 continue
-            differences.extend(f"{name}: {d}" for d in self._compare(spec, state))
+            differences.extend(f"{name}: {d}" for d in self._compare(spec, family, state))
         return differences
 
     @staticmethod
-    def _compare(spec: RuleSpec, state: FamilyState) -> list[str]:
+    def _compare(spec: RuleSpec, family: int, state: FamilyState) -> list[str]:
         if not state.chain_exists:
             return [f"chain {CHAIN} is missing from table {TABLE}"]
         out = []
@@ -403,7 +409,7 @@ class IptablesBackend(RulesBackend):
         if state.jumps and not good:
             found = _strip_counters(state.jumps[0])
             out.append(f"jump rule is `{found}`, wanted `{_tokens(JUMP_RULE)}`")
-        wanted = [*sample_rules(spec), log_rule(spec)]
+        wanted = [*sample_rules(spec), *log_rules(spec, family)]
         for index in range(max(len(wanted), len(state.rules))):
             number = f"{CHAIN} rule {index + 1}"
             if index >= len(state.rules):

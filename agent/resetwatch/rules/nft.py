@@ -30,7 +30,16 @@ from fractions import Fraction
 from typing import Any, Optional
 
 from .base import RulesBackend, RulesError, connlabel_bits
-from .spec import ID_LOG, ID_SAMPLE, LOG_PREFIX, NFT_CHAIN, NFT_TABLE, RuleSpec
+from .spec import (
+    HEADER_COPY,
+    ID_LOG,
+    ID_LOG_SYN,
+    ID_SAMPLE,
+    LOG_PREFIX,
+    NFT_CHAIN,
+    NFT_TABLE,
+    RuleSpec,
+)
 
 FAMILY = "inet"
 PRIORITY_MANGLE = -150
@@ -84,7 +93,17 @@ def sample_rule(spec: RuleSpec) -> str:
     return " ".join(parts)
 
 
-def log_rule(spec: RuleSpec) -> str:
+def _log_variants(spec: RuleSpec) -> list[tuple[str, int, bool, int]]:
+    """(id, family, SYN?, bytes copied) of each log rule: per family, because the IP header
+    lengths differ, and SYNs apart from the rest (see `HEADER_COPY`)."""
+    return [
+        (ID_LOG_SYN if syn else ID_LOG, family, syn, HEADER_COPY[family][syn])
+        for family in spec.families
+        for syn in (True, False)
+    ]
+
+
+def log_rule(spec: RuleSpec, family: int, syn: bool, size: int, rule_id: str) -> str:
     """The first max_packets ingress packets of a labelled connection go to NFLOG.
 
     No port or interface filter: the label already marks the chosen connection. Only the
@@ -93,10 +112,11 @@ def log_rule(spec: RuleSpec) -> str:
     counted the packet before priority mangle, so `< max_packets + 1` logs the first ones.
     """
     return (
-        f"meta l4proto tcp ct direction original ct label {spec.label} "
+        f"meta nfproto {_NFPROTO[family]} tcp flags & (syn | ack) {'==' if syn else '!='} syn "
+        f"ct direction original ct label {spec.label} "
         f"ct original packets < {spec.packets_below} "
-        f'counter log prefix "{LOG_PREFIX}" group {spec.nflog_group} snaplen {spec.copy_range} '
-        f'comment "{ID_LOG}"'
+        f'counter log prefix "{LOG_PREFIX}" group {spec.nflog_group} snaplen {size} '
+        f'comment "{rule_id}"'
     )
 
 
@@ -129,15 +149,19 @@ def wanted_rules(spec: RuleSpec) -> list[tuple[str, str, list[Json]]]:
         {"counter": None},
         {"mangle": {"key": {"ct": {"key": "label"}}, "value": spec.label}},
     ]
-    log: list[Json] = [
-        _match({"meta": {"key": "l4proto"}}, "tcp"),
-        _match({"ct": {"key": "direction"}}, "original"),
-        _match({"ct": {"key": "label"}}, spec.label, "in"),
-        _match({"ct": {"key": "packets", "dir": "original"}}, spec.packets_below, "<"),
-        {"counter": None},
-        {"log": {"prefix": LOG_PREFIX, "group": spec.nflog_group, "snaplen": spec.copy_range}},
-    ]
-    return [(ID_SAMPLE, sample_rule(spec), sample), (ID_LOG, log_rule(spec), log)]
+    rules = [(ID_SAMPLE, sample_rule(spec), sample)]
+    for rule_id, family, syn, size in _log_variants(spec):
+        log: list[Json] = [
+            _match({"meta": {"key": "nfproto"}}, _NFPROTO[family]),
+            _match({"&": [flags, ["syn", "ack"]]}, "syn", "==" if syn else "!="),
+            _match({"ct": {"key": "direction"}}, "original"),
+            _match({"ct": {"key": "label"}}, spec.label, "in"),
+            _match({"ct": {"key": "packets", "dir": "original"}}, spec.packets_below, "<"),
+            {"counter": None},
+            {"log": {"prefix": LOG_PREFIX, "group": spec.nflog_group, "snaplen": size}},
+        ]
+        rules.append((rule_id, log_rule(spec, family, syn, size, rule_id), log))
+    return rules
 
 
 def normalise(value: Json, labels: Optional[dict[str, int]] = None) -> Json:

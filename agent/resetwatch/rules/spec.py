@@ -24,14 +24,27 @@ LOG_PREFIX = "resetwatch"
 
 ID_JUMP = "resetwatch:jump"
 ID_SAMPLE = "resetwatch:sample"
+ID_LOG_SYN = "resetwatch:log-syn"
 ID_LOG = "resetwatch:log"
 """Rule id comments: they let `check` and a human reading `iptables -S` find our rules."""
 
 MIN_PROBABILITY = 1.0 / 2**31
 """The kernel's statistic match stores the probability in 31 bits; anything smaller is zero."""
 
-MIN_COPY_RANGE = 40
-"""Smallest copy range that still holds an option-less IPv4 + TCP header (20 + 20 bytes)."""
+HEADER_COPY = {4: (40, 80), 6: (60, 100)}
+"""Bytes of each logged packet copied to NFLOG, by family: (any other packet, SYN).
+
+Headers only, never payload: the IP header without options or extension headers (20 or 40
+bytes), then the TCP header. A SYN gets the longest TCP header there is (60 bytes), whose
+options the agent fingerprints; every other packet only the fixed 20 bytes, which hold all
+the agent reads of it (its payload length comes from the IP header). So a data packet gives
+none of its data; only a SYN that carries data (TCP Fast Open) and has a short header gives
+the first bytes of it. A packet with IP options or IPv6 extension headers is cut inside its
+TCP header and counted as invalid (`truncated`): rare, and visible in the metrics."""
+
+MAX_HEADER_COPY = max(size for sizes in HEADER_COPY.values() for size in sizes)
+"""The largest copy a rule asks for: the agent's NFLOG group copies no more, whoever wrote
+the rules."""
 
 MAX_MAX_PACKETS = 1000
 """Every logged packet is one netlink message; a sample is meant to be a connection's start."""
@@ -68,8 +81,6 @@ class RuleSpec:
     """Conntrack label bit (0..127) that marks a sampled connection."""
     nflog_group: int = 10
     """NFLOG group the logged packets go to (the agent binds to it)."""
-    copy_range: int = 128
-    """Bytes of each packet copied to NFLOG: enough for IP + TCP headers with options."""
     max_packets: int = 10
     """How many ingress packets of a sampled connection are logged (the first N)."""
     dports: tuple[int, ...] = ()
@@ -91,13 +102,6 @@ class RuleSpec:
         object.__setattr__(self, "probability", prob)
         _int_field("label", self.label, 0, 127, "a conntrack label bit")
         _int_field("nflog_group", self.nflog_group, 0, 65535)
-        _int_field(
-            "copy_range",
-            self.copy_range,
-            MIN_COPY_RANGE,
-            65535,
-            "bytes per packet; the agent needs at least the IP and TCP headers",
-        )
         _int_field(
             "max_packets",
             self.max_packets,
