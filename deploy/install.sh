@@ -84,8 +84,9 @@ uninstall() {
     fi
     # The agent removes its rules when it stops; make sure, whatever the backend was.
     if [ -x "$OPT/bin/resetwatch" ] && on_host; then
-        step "$OPT/bin/resetwatch" rules remove --backend iptables --config /dev/null || true
-        step "$OPT/bin/resetwatch" rules remove --backend nft --config /dev/null || true
+        for backend in iptables iptables-legacy iptables-nft nft; do
+            step "$OPT/bin/resetwatch" rules remove --backend "$backend" --config /dev/null || true
+        done
     fi
     step rm -f "$UNIT"
     # DynamicUser keeps the state and logs under private/ (the plain paths are symlinks).

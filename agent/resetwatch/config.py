@@ -144,7 +144,8 @@ SETTINGS: tuple[Setting, ...] = (
             _integer(1, 100_000_000), "N"),
     Setting("listen", f"127.0.0.1:{DEFAULT_PORT}", "HTTP address for /metrics and /healthz",
             _listen, "ADDR:PORT"),
-    Setting("records", "", "append one JSON line per judged flow to this file (opt-in)",
+    Setting("records", "", "append one JSON line per judged flow to this file (opt-in; "
+            "as a service, under /var/log/resetwatch/)",
             _path_or_empty, "PATH"),
     Setting("keep_rules", False, "leave the rules installed when the agent stops",
             _boolean),

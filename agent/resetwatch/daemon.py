@@ -334,11 +334,12 @@ class Agent:
         except (RulesError, ValueError) as error:
             log.error("reload refused, keeping the running config: rules: %s", error)
             return
-        if new.records != old.records:
-            try:
-                self._open_records(new.records)
-            except StartError as error:
-                log.error("reload: %s; records stay off", error)
+        # Reopened on every reload, also at the same path: that is how logrotate hands the
+        # agent a fresh file (`postrotate systemctl reload resetwatch`).
+        try:
+            self._open_records(new.records)
+        except StartError as error:
+            log.error("reload: %s; records stay off", error)
         table = self.engine.table
         table.idle_timeout = new.idle_timeout
         table.close_linger = new.close_linger

@@ -84,3 +84,18 @@ def test_rules_that_cannot_be_installed_refuse_the_whole_reload(reloading, backe
     assert backends["iptables"].installed == RuleSpec(probability=running.probability)
     assert backends["nft"].installed is None
     agent.step(timeout=0)  # the loop goes on
+
+
+def test_reload_reopens_the_records_file_for_logrotate(tmp_path) -> None:
+    path = tmp_path / "flows.jsonl"
+    config = Config(listen="127.0.0.1:0", state_dir="", no_rules=True, records=str(path))
+    agent = Agent(config, reload=lambda: config, open_source=lambda c, k: NoTraffic())
+    agent.start()
+    try:
+        assert path.exists()
+        path.rename(tmp_path / "flows.jsonl.1")  # what logrotate does before `postrotate`
+        agent.reload()
+        assert path.exists()  # a fresh file at the configured path
+        assert agent.health.reloads == 1
+    finally:
+        agent.stop()
