@@ -108,6 +108,14 @@ def rules(w: Windows = Windows()) -> dict[str, Any]:
             "annotations": {"summary": "resetwatch on {{ $labels.instance }} is not scraped"},
         },
         {
+            # `up == 0` needs a target; a scrape config that lost the job has none.
+            "alert": "ResetwatchAbsent",
+            "expr": 'absent(up{job="resetwatch"})',
+            "for": w.health_for,
+            "labels": {"severity": "ticket"},
+            "annotations": {"summary": "Prometheus scrapes no resetwatch target at all"},
+        },
+        {
             "alert": "ResetwatchRulesMissing",
             "expr": "resetwatch_rules_present == 0 and resetwatch_rules_managed == 1",
             "for": w.health_for,

@@ -30,7 +30,7 @@ def test_promtool_check_rules() -> None:
                             capture_output=True, text=True)
     print(result.stdout, result.stderr)
     assert result.returncode == 0
-    assert "SUCCESS: 12 rules found" in result.stdout
+    assert "SUCCESS: 13 rules found" in result.stdout
 
 
 @needs_promtool
