@@ -176,21 +176,33 @@ def dashboard() -> dict[str, Any]:
         ),
         _panel(
             7,
-            "Rules present",
-            [_target('min(resetwatch_rules_present{instance=~"$instance"})')],
+            "Agents up, rules present",
+            [
+                _target('sum(up{job="resetwatch", instance=~"$instance"})', "agents up"),
+                _target('min(resetwatch_rules_present{instance=~"$instance"})', "rules", "B"),
+            ],
             (0, 25, 4, 5),
             kind="stat",
         ),
         _panel(
             8,
-            "NFLOG packets lost (1h)",
+            "NFLOG loss (1h)",
             [
                 _target(
-                    'sum(increase(resetwatch_nflog_lost_total{instance=~"$instance"}[1h]))'
-                )
+                    'sum(increase(resetwatch_nflog_lost_total{instance=~"$instance"}[1h]))',
+                    "lost packets",
+                ),
+                _target(
+                    "sum(increase(resetwatch_nflog_socket_drops_total"
+                    '{instance=~"$instance"}[1h]))',
+                    "socket drops",
+                    "B",
+                ),
             ],
             (4, 25, 4, 5),
             kind="stat",
+            description="Packets the kernel logged but the agent never read (sequence gaps), "
+            "and the socket's own drop count; ResetwatchLosingPackets fires on either.",
         ),
         _panel(
             9,
