@@ -225,9 +225,17 @@ def forge(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def syn(args: argparse.Namespace) -> dict[str, Any]:
     scapy = _scapy()
-    pkt = _ip_layer(scapy, args.src, args.dst, args.ttl) / scapy.TCP(
-        sport=args.sport, dport=args.port, flags="S", seq=args.seq, window=64240
-    )
+    if args.zmap_modern:
+        # ZMap 4.1+'s SYN: TTL 255, IP ID not 54321, no DF, window 65535, and one of its
+        # option templates ("windows": MSS 1460, window scale 8, SACK permitted).
+        ip = scapy.IP(src=args.src, dst=args.dst, ttl=255, id=4242, flags=0)
+        tcp = scapy.TCP(sport=args.sport, dport=args.port, flags="S", seq=args.seq,
+                        window=65535, options=[("MSS", 1460), ("WScale", 8), ("SAckOK", b"")])
+        pkt = ip / tcp
+    else:
+        pkt = _ip_layer(scapy, args.src, args.dst, args.ttl) / scapy.TCP(
+            sport=args.sport, dport=args.port, flags="S", seq=args.seq, window=64240
+        )
     _send(pkt)
     time.sleep(0.2)  # the server's SYN-ACK and the kernel's RST answer take a moment
     return {"sport": args.sport, "seq": args.seq}
@@ -254,6 +262,7 @@ def main() -> int:
     p.add_argument("--sport", type=int, required=True)
     p.add_argument("--seq", type=int, default=1000)
     p.add_argument("--ttl", type=int)
+    p.add_argument("--zmap-modern", action="store_true", help="shaped like ZMap 4.1+ (IPv4)")
     args = parser.parse_args()
     result = {"session": session, "forge": forge, "syn": syn}[args.action](args)
     print(json.dumps(result), flush=True)

@@ -45,6 +45,7 @@ from .traffic import (
     session,
     start_server,
     syn_only,
+    zmap_modern_syn,
     zmap_scan,
 )
 
@@ -256,6 +257,14 @@ def _build(family: int, base: int) -> list[Scenario]:
             action=lambda lab, dst, sp: zmap_scan(lab, dst, HTTP_PORT, sp),
             note="ZMap 2.1.1's SYN has TTL 255, the kernel's RST TTL 64: so every ZMap "
             "probe of an open port also gets the ttl_mismatch extension tag",
+        )
+        add(
+            18,
+            "zmap_modern",
+            _reset("post_syn", "single_rst", "ttl_mismatch", "zmap_modern"),
+            "S(ttl 255, win 65535, M1460,W8,S) R(ttl 64)",
+            action=lambda lab, dst, sp: zmap_modern_syn(lab, dst, HTTP_PORT, sp),
+            note="a scapy SYN in ZMap 4.1's windows template; the kernel's RST has TTL 64",
         )
         add(
             99,

@@ -233,6 +233,15 @@ def syn_only(lab: Lab, dst: str, port: int, sport: int) -> str:
     return lab.run("client", argv, timeout=_TIMEOUT_S).stdout
 
 
+def zmap_modern_syn(lab: Lab, dst: str, port: int, sport: int) -> str:
+    """One SYN shaped like ZMap 4.1+'s (scapy: Debian's ZMap 2.1.1 cannot send it), from a
+    raw socket like `syn_only`, so the client's kernel answers the SYN-ACK with a RST."""
+    _check_target(lab, dst)
+    argv = [sys.executable, CLIENT_PROG, "syn", "--zmap-modern", "--src", lab.client_addr(4),
+            "--dst", dst, "--port", str(port), "--sport", str(sport)]  # fmt: skip
+    return lab.run("client", argv, timeout=_TIMEOUT_S).stdout
+
+
 def zmap_scan(lab: Lab, dst: str, port: int, sport: int, rate: int = 10) -> str:
     """One ZMap probe (Debian's ZMap 2.1.1) from the client namespace to `dst` only.
 
