@@ -29,7 +29,8 @@ FAMILIES = ("4", "6")
 NFLOG_LOSS_REASONS = {
     "seq_gap": "Packets missing between NFLOG sequence numbers (dropped by the kernel when the "
     "receive buffer overflowed).",
-    "bad_message": "Packets in netlink messages too damaged to read.",
+    "bad_message": "Netlink messages too damaged to read, counted once each: at least one "
+    "packet lost per count (the rest of the datagram is skipped).",
 }
 
 
