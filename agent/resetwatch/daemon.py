@@ -350,6 +350,7 @@ class Agent:
         self.health.max_flows = new.max_flows
         self.health.rules_managed = not new.no_rules
         self.health.reloads += 1
+        log.info("configuration reloaded from %s", new.source)
 
     def _apply_rules(self, old: Config, new: Config) -> None:
         """Make the installed rules those of `new`. On failure the rules of `old` are put
@@ -374,7 +375,6 @@ class Agent:
                 raise
             self.backend = fresh
         self.health.rules_present = True
-        log.info("configuration reloaded from %s", new.source)
 
     def stop(self) -> None:
         """Judge what is past a deadline, count the rest as truncated, clean up everything.

@@ -60,17 +60,20 @@ def reloading() -> Iterator[tuple[Agent, dict[str, Rules], list[Config]]]:
         agent.stop()
 
 
-def test_reload_applies_new_rules_and_probability(reloading) -> None:
+def test_reload_applies_new_rules_and_probability(reloading, caplog) -> None:
     agent, backends, pending = reloading
     pending[0] = Config(listen="127.0.0.1:0", state_dir="", backend="iptables", probability=0.25)
     agent.reload()
     assert backends["iptables"].installed == RuleSpec(probability=0.25)
     assert (agent.config.probability, agent.health.probability) == (0.25, 0.25)
     assert agent.health.reloads == 1
+    assert "configuration reloaded" in caplog.text
 
 
 @pytest.mark.parametrize("backend", ["iptables", "nft"])
-def test_rules_that_cannot_be_installed_refuse_the_whole_reload(reloading, backend: str) -> None:
+def test_rules_that_cannot_be_installed_refuse_the_whole_reload(
+    reloading, backend: str, caplog
+) -> None:
     agent, backends, pending = reloading
     running = agent.config
     pending[0] = Config(listen="127.0.0.1:0", state_dir="", backend=backend, probability=0.5,
@@ -83,6 +86,8 @@ def test_rules_that_cannot_be_installed_refuse_the_whole_reload(reloading, backe
     # The running rules are where they were (put back, when the backend was to change).
     assert backends["iptables"].installed == RuleSpec(probability=running.probability)
     assert backends["nft"].installed is None
+    assert "reload refused, keeping the running config: rules: " in caplog.text
+    assert "configuration reloaded" not in caplog.text
     agent.step(timeout=0)  # the loop goes on
 
 

@@ -285,7 +285,7 @@ class NftBackend(RulesBackend):
         return self._list(json_output=False) is not None
 
     def check(self, spec: RuleSpec) -> list[str]:
-        wanted = wanted_rules(spec)  # raises ValueError first for a probability nft cannot do
+        wanted = wanted_rules(spec)
         text = self._list(json_output=True)
         if text is None:
             return [f"table {FAMILY} {NFT_TABLE} is missing"]
