@@ -3,6 +3,7 @@ rules; tests/integration/test_agent_lab.py reloads a real agent)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Optional
 
@@ -61,6 +62,7 @@ def reloading() -> Iterator[tuple[Agent, dict[str, Rules], list[Config]]]:
 
 
 def test_reload_applies_new_rules_and_probability(reloading, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="resetwatch")
     agent, backends, pending = reloading
     pending[0] = Config(listen="127.0.0.1:0", state_dir="", backend="iptables", probability=0.25)
     agent.reload()
@@ -74,6 +76,7 @@ def test_reload_applies_new_rules_and_probability(reloading, caplog) -> None:
 def test_rules_that_cannot_be_installed_refuse_the_whole_reload(
     reloading, backend: str, caplog
 ) -> None:
+    caplog.set_level(logging.INFO, logger="resetwatch")
     agent, backends, pending = reloading
     running = agent.config
     pending[0] = Config(listen="127.0.0.1:0", state_dir="", backend=backend, probability=0.5,
