@@ -104,7 +104,8 @@ def _add_replay(sub: Any) -> None:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from .engine import Engine, Sink
+    from .engine import Engine
+    from .event import Output
     from .records import RecordWriter
     from .replay import ingress_filter, replay
     from .report import summary_table
@@ -120,7 +121,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise UsageError(str(error)) from None
     summary = Summary()
-    sinks: list[Sink] = [summary]
+    sinks: list[Output] = [summary]
     records_file: Optional[IO[str]] = None
     out: IO[str] = sys.stdout
     writer: Optional[RecordWriter] = None

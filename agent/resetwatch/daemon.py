@@ -22,7 +22,8 @@ from typing import IO, Callable, Optional, Protocol
 
 from . import api
 from .config import Config, ConfigError, load
-from .engine import Engine, Sink
+from .engine import Engine
+from .event import Output
 from .history import History, HistoryFile
 from .metrics import AgentHealth, FlowCounts, build_registry
 from .nflog import NflogError
@@ -172,8 +173,8 @@ class Agent:
         self._records = None
         self._writer = None
 
-    def _sinks(self) -> list[Sink]:
-        sinks: list[Sink] = [self.counts, self.history]
+    def _sinks(self) -> list[Output]:
+        sinks: list[Output] = [self.counts, self.history]
         if self._writer is not None:
             sinks.append(self._writer)
         return sinks
@@ -186,7 +187,7 @@ class Agent:
             self.history_file.load(self.history)
         self._history_loaded = True
         self._open_records(config.records)
-        self.engine.sinks = self._sinks()
+        self.engine.outputs = self._sinks()
         try:
             self.source = self._open_source(config, self.clock)
         except (OSError, NflogError) as error:
@@ -344,7 +345,7 @@ class Agent:
         table.idle_timeout = new.idle_timeout
         table.close_linger = new.close_linger
         table.max_flows = new.max_flows
-        self.engine.sinks = self._sinks()
+        self.engine.outputs = self._sinks()
         self.config = new
         self.health.probability = new.probability
         self.health.max_flows = new.max_flows

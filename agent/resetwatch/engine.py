@@ -1,36 +1,33 @@
-"""The one pipeline both `replay` and `run` use: packets -> flow table -> classifier -> sinks."""
+"""The one pipeline both `replay` and `run` use: packets -> flow table -> classifier -> outputs."""
 
 from __future__ import annotations
 
 import gc
 from collections import Counter
-from typing import Optional, Protocol
+from typing import Optional
 
-from .classify import Verdict, classify
+from .classify import classify
+from .event import FlowEvent, Output
 from .flows import Exclusion, Flow, FlowTable
 from .packet import Invalid
 
-
-class Sink(Protocol):
-    """Where judged and excluded flows go (summary, records file, metrics)."""
-
-    def judged(self, flow: Flow, verdict: Verdict) -> None: ...
-
-    def excluded(self, flow: Flow, reason: Exclusion) -> None: ...
+# NamedTuple's generated __new__ is a Python function; one event per flow is built directly.
+_new_event = tuple.__new__
 
 
 class Engine:
-    """Feeds parsed packets to a `FlowTable` and hands each finished flow to every sink."""
+    """Feeds parsed packets to a `FlowTable`, judges each finished flow once and hands the
+    one `FlowEvent` to every output."""
 
     def __init__(
         self,
-        sinks: list[Sink],
+        outputs: list[Output],
         *,
         idle_timeout: float = 300.0,
         close_linger: float = 10.0,
         max_flows: int = 1_000_000,
     ) -> None:
-        self.sinks = sinks
+        self.outputs = outputs
         self.table = FlowTable(
             self._finished,
             idle_timeout=idle_timeout,
@@ -45,13 +42,13 @@ class Engine:
         timestamps (see `FlowTable.add_many`)."""
 
     def _finished(self, flow: Flow, excluded: Optional[Exclusion]) -> None:
+        family = "4" if len(flow.key) == 12 else "6"
         if excluded is None:
-            verdict = classify(flow)
-            for sink in self.sinks:
-                sink.judged(flow, verdict)
+            event = _new_event(FlowEvent, (flow, family, classify(flow), None))
         else:
-            for sink in self.sinks:
-                sink.excluded(flow, excluded)
+            event = _new_event(FlowEvent, (flow, family, None, excluded))
+        for output in self.outputs:
+            output.write(event)
 
     def count_invalid(self, reason: Invalid) -> None:
         self.invalid[reason] += 1

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .classify import Category, Outcome, Stage, Tag, Verdict
+from .classify import Category, Outcome, Stage, Tag
+from .event import CountingOutput, FlowEvent
 from .flows import Exclusion, Flow
 
 log = logging.getLogger("resetwatch")
@@ -109,8 +110,8 @@ class Snapshot:
         return out
 
 
-class History:
-    """A sink keeping counts per 15-minute bucket; `to_wall` maps a flow's clock to epoch
+class History(CountingOutput):
+    """An output keeping counts per 15-minute bucket; `to_wall` maps a flow's clock to epoch
     seconds (the live agent's flow clock is monotonic)."""
 
     def __init__(self, to_wall: Callable[[float], float] = float) -> None:
@@ -133,9 +134,14 @@ class History:
         self._hot, self._hot_start, self._hot_end = bucket, start, start + BUCKET_SECONDS
         return bucket
 
-    def judged(self, flow: Flow, verdict: Verdict) -> None:
+    def write(self, event: FlowEvent) -> None:
+        verdict = event.verdict
+        if verdict is None:
+            if event.excluded is not None:
+                self._excluded(event.flow, event.excluded)
+            return
         stage, outcome, category, tags = verdict
-        wall = self._to_wall(flow.last_ts)
+        wall = self._to_wall(event.flow.last_ts)
         # acquire/release: half the cost of a `with` block, and this runs once per flow.
         self._lock.acquire()
         try:
@@ -149,7 +155,7 @@ class History:
         finally:
             self._lock.release()
 
-    def excluded(self, flow: Flow, reason: Exclusion) -> None:
+    def _excluded(self, flow: Flow, reason: Exclusion) -> None:
         wall = self._to_wall(flow.last_ts)
         self._lock.acquire()
         try:

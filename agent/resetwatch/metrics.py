@@ -21,8 +21,9 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from . import __version__
-from .classify import Category, Outcome, Stage, Tag, Verdict
-from .flows import Exclusion, Flow
+from .classify import Category, Outcome, Stage, Tag
+from .event import CountingOutput, FlowEvent
+from .flows import Exclusion
 from .packet import Invalid
 
 FAMILIES = ("4", "6")
@@ -38,8 +39,8 @@ def _enum_help(intro: str, members: object) -> str:
     return intro + " " + " ".join(f"{m.value}: {m.doc}" for m in members)  # type: ignore[attr-defined]
 
 
-class FlowCounts:
-    """A sink counting judged and excluded flows by family, stage, outcome, category, tag."""
+class FlowCounts(CountingOutput):
+    """An output counting judged and excluded flows by family, stage, outcome, category, tag."""
 
     def __init__(self) -> None:
         self.connections = {(f, c): 0 for f in FAMILIES for c in Category}
@@ -47,17 +48,19 @@ class FlowCounts:
         self.tags = {(f, c, t): 0 for f in FAMILIES for c in Category for t in Tag}
         self.excluded_by = {e: 0 for e in Exclusion}
 
-    def judged(self, flow: Flow, verdict: Verdict) -> None:
-        family = "4" if len(flow.key) == 12 else "6"
+    def write(self, event: FlowEvent) -> None:
+        verdict = event.verdict
+        if verdict is None:
+            if event.excluded is not None:
+                self.excluded_by[event.excluded] += 1
+            return
+        family = event.family
         category = verdict.category
         self.connections[family, category] += 1
         self.outcomes[family, verdict.stage, verdict.outcome] += 1
         tags = self.tags
         for tag in verdict.tags:
             tags[family, category, tag] += 1
-
-    def excluded(self, flow: Flow, reason: Exclusion) -> None:
-        self.excluded_by[reason] += 1
 
 
 @dataclass

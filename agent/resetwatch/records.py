@@ -6,6 +6,7 @@ import json
 from typing import IO, Any, Callable
 
 from .classify import Verdict
+from .event import FlowEvent
 from .flows import Exclusion, Flow
 from .packet import key_fields
 
@@ -48,19 +49,30 @@ def excluded_record(
 
 
 class RecordWriter:
-    """A sink writing one JSON object per line. `to_wall` maps the flow clock to epoch
-    seconds (the live agent's clock is monotonic)."""
+    """An output writing one JSON object per line to a stream it does not own. `to_wall`
+    maps the flow clock to epoch seconds (the live agent's clock is monotonic)."""
+
+    name = "records"
 
     def __init__(self, stream: IO[str], to_wall: Callable[[float], float] = _identity) -> None:
         self.stream = stream
         self.to_wall = to_wall
         self.written = 0
 
-    def judged(self, flow: Flow, verdict: Verdict) -> None:
-        self._write(judged_record(flow, verdict, self.to_wall))
+    def open(self) -> None:
+        return None
 
-    def excluded(self, flow: Flow, reason: Exclusion) -> None:
-        self._write(excluded_record(flow, reason, self.to_wall))
+    def reopen(self) -> None:
+        return None
+
+    def close(self) -> None:
+        self.flush()
+
+    def write(self, event: FlowEvent) -> None:
+        if event.verdict is not None:
+            self._write(judged_record(event.flow, event.verdict, self.to_wall))
+        elif event.excluded is not None:
+            self._write(excluded_record(event.flow, event.excluded, self.to_wall))
 
     def _write(self, record: dict[str, Any]) -> None:
         self.stream.write(json.dumps(record, separators=(",", ":")) + "\n")

@@ -6,6 +6,7 @@ from collections import Counter
 from typing import Any, Optional
 
 from .classify import Category, Outcome, Stage, Tag, Verdict
+from .event import CountingOutput, FlowEvent
 from .flows import Exclusion, Flow
 
 SHARE_DECIMALS = 2
@@ -45,8 +46,8 @@ def _decimal(scaled: int, decimals: int) -> str:
     return f"{whole}.{frac:0{decimals}d}".rstrip("0")
 
 
-class Summary:
-    """A sink that counts categories, outcomes, tags and exclusions."""
+class Summary(CountingOutput):
+    """An output that counts categories, outcomes, tags and exclusions."""
 
     def __init__(self) -> None:
         self._categories: Counter[Category] = Counter({c: 0 for c in Category})
@@ -83,14 +84,14 @@ class Summary:
                 self._tags[tag] += count
         self._unfolded.clear()
 
-    def judged(self, flow: Flow, verdict: Verdict) -> None:
-        unfolded = self._unfolded
-        unfolded[verdict] = unfolded.get(verdict, 0) + 1
-        self._span(flow)
-
-    def excluded(self, flow: Flow, reason: Exclusion) -> None:
-        self.excluded_by[reason] += 1
-        self._span(flow)
+    def write(self, event: FlowEvent) -> None:
+        verdict = event.verdict
+        if verdict is not None:
+            unfolded = self._unfolded
+            unfolded[verdict] = unfolded.get(verdict, 0) + 1
+        elif event.excluded is not None:
+            self.excluded_by[event.excluded] += 1
+        self._span(event.flow)
 
     def _span(self, flow: Flow) -> None:
         if self.first_ts is None or flow.first_ts < self.first_ts:

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 
 from resetwatch.classify import Category, Outcome, Stage, Tag, Verdict
+from resetwatch.event import excluded_event, judged_event
 from resetwatch.flows import Exclusion, Flow
 from resetwatch.history import History
 
@@ -40,9 +41,9 @@ def judge(
 ) -> None:
     stage, outcome = VERDICTS[category]
     for _ in range(n):
-        history.judged(flow_at(wall), Verdict(stage, outcome, category, tuple(tags)))
+        history.write(judged_event(flow_at(wall), Verdict(stage, outcome, category, tuple(tags))))
 
 
 def exclude(history: History, wall: float, reason: Exclusion, n: int = 1) -> None:
     for _ in range(n):
-        history.excluded(flow_at(wall), reason)
+        history.write(excluded_event(flow_at(wall), reason))

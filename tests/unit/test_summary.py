@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from resetwatch.classify import Category, Outcome, Stage, Tag, Verdict
+from resetwatch.event import judged_event
 from resetwatch.flows import Flow
 from resetwatch.summary import Summary, percent_shares, share_cell
 
@@ -53,12 +54,13 @@ def test_counts_read_mid_way_and_written_directly_add_up() -> None:
     flow = Flow(pkt("S", 1.0))
     summary = Summary()
     for verdict in (closed, reset, timeout, reset):
-        summary.judged(flow, verdict)
+        summary.write(judged_event(flow, verdict))
     assert list(summary.outcomes) == [(s.LATER, o.CLOSED), (s.POST_ACK, o.RESET),
                                       (s.POST_SYN, o.TIMEOUT)]
-    summary.judged(flow, timeout)
+    summary.write(judged_event(flow, timeout))
     summary.categories[c.POST_SYN] += 10
-    summary.judged(flow, Verdict(s.POST_PSH, o.RESET, c.POST_PSH, (t.RESET, t.SINGLE_RST)))
+    psh_reset = Verdict(s.POST_PSH, o.RESET, c.POST_PSH, (t.RESET, t.SINGLE_RST))
+    summary.write(judged_event(flow, psh_reset))
     assert summary.categories == {c.POST_SYN: 12, c.POST_ACK: 2, c.POST_PSH: 1,
                                   c.LATER_IN_FLOW: 0, c.NO_MATCH: 1}
     assert list(summary.tags.items()) == [(t.RESET, 3), (t.SINGLE_RSTACK, 2), (t.TIMEOUT, 2),
