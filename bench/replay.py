@@ -776,7 +776,7 @@ def run_inprocess(path: Path, gc_enabled: bool = True) -> dict[str, Any]:
     finally:
         if was_enabled:
             gc.enable()
-    flows = summary.classified + summary.excluded_total
+    flows = summary.tally.classified + summary.tally.excluded_total
     return {
         **_timing(stats.records, wall, cpu),
         "packets": stats.packets,
@@ -786,8 +786,8 @@ def run_inprocess(path: Path, gc_enabled: bool = True) -> dict[str, Any]:
         "peak_table_flows": engine.peak_flows,
         "errors": stats.errors,
         "invalid": {k.value: v for k, v in engine.invalid.items()},
-        "categories": {c.value: n for c, n in summary.categories.items()},
-        "excluded": {e.value: n for e, n in summary.excluded_by.items()},
+        "categories": {c.value: n for c, n in summary.tally.categories().items()},
+        "excluded": {e.value: n for e, n in summary.tally.excluded_by().items()},
     }
 
 
@@ -871,7 +871,7 @@ def run_cli(path: Path) -> dict[str, Any]:
             meta = json.loads(out.read())["result"]["meta"]
             result["packets"] = meta["packets"]
             result["records"] = meta["records"]
-            result["classified"] = meta["counts"]["classified"]
+            result["classified"] = meta["counts"]["summary_0"]["classified"]
         except (ValueError, KeyError) as error:
             result["json_error"] = str(error)
     records = result.get("records", 0)

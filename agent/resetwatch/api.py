@@ -25,11 +25,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Optional
 
-from .classify import Category, Stage, Tag
-from .flows import Exclusion
-from .history import BUCKET_SECONDS, RETENTION_SECONDS, Bucket, History, Snapshot
+from . import envelope
+from .classify import Category, Tag
+from .history import BUCKET_SECONDS, RETENTION_SECONDS, History, Snapshot
 from .server import Response, Route
 from .summary import percent_shares
+from .tally import Tally
 
 Query = dict[str, list[str]]
 
@@ -247,9 +248,7 @@ def _json(body: dict[str, Any], status: int = 200) -> Response:
 
 
 def error(err: ApiError) -> Response:
-    return _json(
-        {"success": False, "errors": [{"code": 400, "message": str(err)}], "result": None}, 400
-    )
+    return _json(envelope.failure(400, str(err)), 400)
 
 
 def _csv(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> Response:
@@ -260,29 +259,11 @@ def _csv(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> Response:
     return 200, _CSV, out.getvalue().encode()
 
 
-def _shares(bucket: Bucket) -> dict[str, str]:
-    return percent_shares({c.value: bucket.categories[c] for c in Category})
-
-
 def _meta(request: Request, now: float, probability: float) -> dict[str, Any]:
     return {
         "dateRange": [{"startTime": iso(s.start), "endTime": iso(s.end)} for s in request.spans],
         "lastUpdated": iso(now),
-        "normalization": "PERCENTAGE",
         "samplingProbability": probability,
-    }
-
-
-def _counts(bucket: Bucket) -> dict[str, Any]:
-    outcomes: dict[str, dict[str, int]] = {s.value: {} for s in Stage}
-    for (stage, outcome), count in sorted(bucket.outcomes.items()):
-        if count:
-            outcomes[stage.value][outcome.value] = count
-    return {
-        "classified": bucket.classified,
-        "categories": {c.value: bucket.categories[c] for c in Category},
-        "outcomes": outcomes,
-        "excluded": {e.value: bucket.excluded[e] for e in Exclusion},
     }
 
 
@@ -297,29 +278,25 @@ def summary(snapshot: Snapshot, query: Query, now: float, probability: float) ->
         header = ["serie", "startTime", "endTime", *(c.value for c in Category),
                   "classified", "excluded"]
         rows = [
-            [key, iso(span.start), iso(span.end), *_shares(total).values(),
+            [key, iso(span.start), iso(span.end), *envelope.shares(total).values(),
              total.classified, total.excluded_total]
             for key, span, total in zip(request.keys, request.spans, totals)
         ]
         return _csv(header, rows)
     meta = _meta(request, now, probability)
-    meta["counts"] = {key: _counts(total) for key, total in zip(request.keys, totals)}
-    result: dict[str, Any] = {"meta": meta}
-    for key, total in zip(request.keys, totals):
-        result[key] = _shares(total)
-    return _json({"success": True, "errors": [], "result": result})
+    return _json(envelope.summary(meta, dict(zip(request.keys, totals))))
 
 
-def _series(snapshot: Snapshot, span: Span, agg: str) -> tuple[list[int], list[Bucket]]:
+def _series(snapshot: Snapshot, span: Span, agg: str) -> tuple[list[int], list[Tally]]:
     """The interval starts covering `span` and the sum of the buckets in each (inside span)."""
     step = AGG_INTERVALS[agg][0]
     first = agg_start(span.start, agg)
     starts = list(range(first, span.end, step))
-    sums = [Bucket() for _ in starts]
+    sums = [Tally() for _ in starts]
     for begin, bucket in snapshot.buckets.items():
         if span.start <= begin < span.end:
             # A 15-minute bucket never straddles an interval: every step is a multiple of it.
-            sums[(agg_start(begin, agg) - first) // step].add(bucket)
+            sums[(agg_start(begin, agg) - first) // step].merge(bucket)
     return starts, sums
 
 
@@ -335,29 +312,30 @@ def timeseries_groups(
     if request.csv:
         header = ["serie", "timestamp", *(c.value for c in Category), "classified", "excluded"]
         rows = [
-            [key, iso(start), *_shares(bucket).values(), bucket.classified,
+            [key, iso(start), *envelope.shares(bucket).values(), bucket.classified,
              bucket.excluded_total]
             for key, (starts, sums) in zip(request.keys, series)
             for start, bucket in zip(starts, sums)
         ]
         return _csv(header, rows)
-    meta = _meta(request, now, probability)
+    meta = {"normalization": envelope.NORMALIZATION, **_meta(request, now, probability)}
     meta["aggInterval"] = AGG_INTERVALS[request.agg][1]
     counts: dict[str, Any] = {}
     result: dict[str, Any] = {"meta": meta}
     for key, (starts, sums) in zip(request.keys, series):
-        shares = [_shares(bucket) for bucket in sums]
+        shares = [envelope.shares(bucket) for bucket in sums]
+        categories = [bucket.categories() for bucket in sums]
         serie: dict[str, list[str]] = {"timestamps": [iso(s) for s in starts]}
         for category in Category:
             serie[category.value] = [share[category.value] for share in shares]
         result[key] = serie
         counts[key] = {
             "classified": [bucket.classified for bucket in sums],
-            "categories": {c.value: [b.categories[c] for b in sums] for c in Category},
+            "categories": {c.value: [cs[c] for cs in categories] for c in Category},
             "excluded": [bucket.excluded_total for bucket in sums],
         }
     meta["counts"] = counts
-    return _json({"success": True, "errors": [], "result": result})
+    return _json(envelope.success(result))
 
 
 def tag_share(count: int, classified: int) -> str:
@@ -377,9 +355,10 @@ def tags(snapshot: Snapshot, query: Query, now: float, probability: float) -> Re
     span = request.spans[0]
     total = snapshot.total(span.start, span.end)
     classified = total.classified
+    tag_counts = total.tags()
     rows = []
     for tag in Tag:
-        by_category = {c.value: total.tags[c, tag] for c in Category}
+        by_category = {c.value: tag_counts[c, tag] for c in Category}
         count = sum(by_category.values())
         rows.append(
             {
@@ -403,9 +382,9 @@ def tags(snapshot: Snapshot, query: Query, now: float, probability: float) -> Re
                 for r in rows
             ],
         )
-    meta = _meta(request, now, probability)
-    meta["counts"] = _counts(total)
-    return _json({"success": True, "errors": [], "result": {"meta": meta, "tags": rows}})
+    meta = {"normalization": envelope.NORMALIZATION, **_meta(request, now, probability)}
+    meta["counts"] = envelope.counts(total)
+    return _json(envelope.success({"meta": meta, "tags": rows}))
 
 
 Renderer = Callable[[Snapshot, Query, float, float], Response]

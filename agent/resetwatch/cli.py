@@ -108,7 +108,6 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from .event import Output
     from .records import RecordWriter
     from .replay import ingress_filter, replay
-    from .report import summary_table
     from .summary import Summary
 
     if args.close_linger >= args.idle_timeout:
@@ -149,9 +148,32 @@ def cmd_replay(args: argparse.Namespace) -> int:
             records_file.close()
         elif writer is not None:
             writer.flush()
-    invalid = {reason.value: count for reason, count in engine.invalid.items()}
+    _print_replay(args, out, summary, stats, engine.invalid)
+    return EXIT_USAGE if stats.errors else 0
+
+
+def _print_replay(
+    args: argparse.Namespace, out: IO[str], summary: Any, stats: Any, invalid_by: Any
+) -> None:
+    """The summary (table or JSON envelope), then one stderr line per unreadable file and a
+    hint when the clocks left most flows truncated. Nothing is summed from a run that read
+    no packet at all: a table of zeros would look like a result."""
+    from . import envelope
+    from .api import iso
+    from .flows import Exclusion
+    from .report import summary_table
+
+    tally = summary.tally
+    invalid = {reason.value: count for reason, count in invalid_by.items()}
+    readable = stats.records > 0 or not stats.errors
     if args.format == "json":
+        first, last = summary.first_ts, summary.last_ts
         meta = {
+            "dateRange": [
+                {"startTime": iso(first), "endTime": iso(last)} if first is not None else {}
+            ],
+            "lastUpdated": iso(last) if last is not None else None,
+            "samplingProbability": None,
             "files": [str(f) for f in args.files],
             "packets": stats.packets,
             "records": stats.records,
@@ -159,23 +181,32 @@ def cmd_replay(args: argparse.Namespace) -> int:
             "invalidPackets": invalid,
             "idleTimeout": args.idle_timeout,
             "closeLinger": args.close_linger,
-            "dateRange": {"startTime": summary.first_ts, "endTime": summary.last_ts},
-            "errors": stats.errors,
         }
-        out.write(json.dumps(summary.radar(meta), indent=2) + "\n")
-    else:
+        body: dict[str, Any] = (
+            envelope.summary(meta, {"summary_0": tally}) if readable else {"result": None}
+        )
+        if stats.errors:
+            body["success"] = False
+            body["errors"] = [{"code": EXIT_USAGE, "message": line} for line in stats.errors]
+        out.write(json.dumps(body, indent=2) + "\n")
+    elif readable:
         extra = [
             ("files", str(stats.files)),
             ("packets", f"{stats.packets:,}"),
         ]
         if args.server:
             extra.append(("egress skipped", f"{stats.egress:,}"))
-        out.write(
-            summary_table(summary, title="resetwatch replay", extra=extra, invalid=invalid)
-        )
+        out.write(summary_table(tally, title="resetwatch replay", extra=extra, invalid=invalid))
     for line in stats.errors:
         print(f"resetwatch replay: {line}", file=sys.stderr)
-    return EXIT_USAGE if stats.errors else 0
+    truncated = tally.excluded_by()[Exclusion.TRUNCATED]
+    if truncated * 2 > tally.classified + tally.excluded_total:
+        print(
+            f"resetwatch replay: {truncated:,} flows were still open when the capture ended and "
+            f"are counted as truncated; a capture shorter than --idle-timeout "
+            f"({args.idle_timeout:g} s) leaves most flows so: try a smaller --idle-timeout",
+            file=sys.stderr,
+        )
 
 
 def _setting_flag(text: str, setting: Any) -> Any:

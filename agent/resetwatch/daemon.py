@@ -426,7 +426,7 @@ class Agent:
 
     def status_line(self) -> str:
         counts = self.counts
-        judged = sum(counts.connections.values())
+        judged = counts.tally.classified
         return (
             f"{len(self.engine.table)} flows held, {judged} judged, "
             f"rules {'ok' if self.health.rules_present or self.config.no_rules else 'MISSING'}"

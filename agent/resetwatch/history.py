@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .classify import Category, Outcome, Stage, Tag
+from .classify import Category, Outcome, Stage
 from .event import CountingOutput, FlowEvent
-from .flows import Exclusion, Flow
+from .tally import RowsError, Tally
 
 log = logging.getLogger("resetwatch")
 
@@ -33,7 +33,8 @@ BUCKET_SECONDS = 900
 RETENTION_SECONDS = 7 * 86400
 FILE_NAME = "history.json"
 FORMAT = "resetwatch-history"
-VERSION = 1
+VERSION = 2
+"""The version this agent writes; `from_document` reads every version up to it."""
 
 
 def bucket_start(wall: float) -> int:
@@ -41,73 +42,19 @@ def bucket_start(wall: float) -> int:
     return int(wall // BUCKET_SECONDS) * BUCKET_SECONDS
 
 
-_OUTCOME_KEYS = [(s, o) for s in Stage for o in Outcome]
-_TAG_KEYS = [(c, t) for c in Category for t in Tag]
-
-
-class Bucket:
-    """The counts of one 15-minute bucket, keyed by the enums' members. Every key is present
-    from the start (plain dicts, no missing-key path: the writer runs once per flow)."""
-
-    __slots__ = ("categories", "excluded", "outcomes", "tags")
-
-    def __init__(self) -> None:
-        self.categories: dict[Category, int] = dict.fromkeys(Category, 0)
-        self.outcomes: dict[tuple[Stage, Outcome], int] = dict.fromkeys(_OUTCOME_KEYS, 0)
-        self.tags: dict[tuple[Category, Tag], int] = dict.fromkeys(_TAG_KEYS, 0)
-        self.excluded: dict[Exclusion, int] = dict.fromkeys(Exclusion, 0)
-
-    def copy(self) -> Bucket:
-        other = Bucket.__new__(Bucket)
-        other.categories = self.categories.copy()
-        other.outcomes = self.outcomes.copy()
-        other.tags = self.tags.copy()
-        other.excluded = self.excluded.copy()
-        return other
-
-    def add(self, other: Bucket) -> None:
-        for mine, theirs in (
-            (self.categories, other.categories),
-            (self.outcomes, other.outcomes),
-            (self.tags, other.tags),
-            (self.excluded, other.excluded),
-        ):
-            for key, count in theirs.items():
-                mine[key] += count  # type: ignore[index]
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Bucket) and all(
-            getattr(self, name) == getattr(other, name) for name in Bucket.__slots__
-        )
-
-    def __repr__(self) -> str:
-        nonzero = {
-            name: {k: v for k, v in getattr(self, name).items() if v} for name in Bucket.__slots__
-        }
-        return f"Bucket({nonzero})"
-
-    @property
-    def classified(self) -> int:
-        return sum(self.categories.values())
-
-    @property
-    def excluded_total(self) -> int:
-        return sum(self.excluded.values())
+Bucket = Tally
+"""One 15-minute bucket's counts: the one count model (tally.py)."""
 
 
 @dataclass(frozen=True)
 class Snapshot:
     """A consistent copy of some buckets, by start time; nothing else refers to them."""
 
-    buckets: dict[int, Bucket]
+    buckets: dict[int, Tally]
 
-    def total(self, start: int, end: int) -> Bucket:
+    def total(self, start: int, end: int) -> Tally:
         """The sum of the buckets starting in [start, end)."""
-        out = Bucket()
-        for begin, bucket in self.buckets.items():
-            if start <= begin < end:
-                out.add(bucket)
-        return out
+        return Tally.sum(b for begin, b in self.buckets.items() if start <= begin < end)
 
 
 class History(CountingOutput):
@@ -116,51 +63,31 @@ class History(CountingOutput):
 
     def __init__(self, to_wall: Callable[[float], float] = float) -> None:
         self._to_wall = to_wall
-        self._buckets: dict[int, Bucket] = {}
+        self._buckets: dict[int, Tally] = {}
         self._lock = threading.Lock()
         # The bucket most flows go to (the current one), found without arithmetic or lookup:
         # in a SYN flood every flow is judged, so this path is paid per packet.
-        self._hot = Bucket()
+        self._hot = Tally()
         self._hot_start = self._hot_end = 0.0
 
     # ---- writing (the packet loop) ------------------------------------------------------
 
-    def _bucket(self, wall: float) -> Bucket:
+    def _bucket(self, wall: float) -> Tally:
         """The bucket of `wall`, created if needed; call with the lock held."""
         start = bucket_start(wall)
         bucket = self._buckets.get(start)
         if bucket is None:
-            bucket = self._buckets[start] = Bucket()
+            bucket = self._buckets[start] = Tally()
         self._hot, self._hot_start, self._hot_end = bucket, start, start + BUCKET_SECONDS
         return bucket
 
     def write(self, event: FlowEvent) -> None:
-        verdict = event.verdict
-        if verdict is None:
-            if event.excluded is not None:
-                self._excluded(event.flow, event.excluded)
-            return
-        stage, outcome, category, tags = verdict
         wall = self._to_wall(event.flow.last_ts)
         # acquire/release: half the cost of a `with` block, and this runs once per flow.
         self._lock.acquire()
         try:
             bucket = self._hot if self._hot_start <= wall < self._hot_end else self._bucket(wall)
-            bucket.categories[category] += 1
-            bucket.outcomes[stage, outcome] += 1
-            if tags:
-                bucket_tags = bucket.tags
-                for tag in tags:
-                    bucket_tags[category, tag] += 1
-        finally:
-            self._lock.release()
-
-    def _excluded(self, flow: Flow, reason: Exclusion) -> None:
-        wall = self._to_wall(flow.last_ts)
-        self._lock.acquire()
-        try:
-            bucket = self._hot if self._hot_start <= wall < self._hot_end else self._bucket(wall)
-            bucket.excluded[reason] += 1
+            bucket.add(event)
         finally:
             self._lock.release()
 
@@ -175,7 +102,7 @@ class History(CountingOutput):
                 self._hot_start = self._hot_end = 0.0  # never write to a dropped bucket
         return len(old)
 
-    def merge(self, buckets: Mapping[int, Bucket]) -> None:
+    def merge(self, buckets: Mapping[int, Tally]) -> None:
         """Add counts (those loaded from the file) to what is held."""
         with self._lock:
             for start, bucket in buckets.items():
@@ -183,7 +110,7 @@ class History(CountingOutput):
                 if held is None:
                     self._buckets[start] = bucket.copy()
                 else:
-                    held.add(bucket)
+                    held.merge(bucket)
 
     # ---- reading (any thread) -----------------------------------------------------------
 
@@ -207,29 +134,16 @@ class History(CountingOutput):
 
 
 def to_document(snapshot: Snapshot, saved_at: float) -> dict[str, Any]:
-    """The versioned JSON document of a snapshot (names, never enum reprs)."""
-
-    def nested(counts: Mapping[tuple[Any, Any], int]) -> dict[str, dict[str, int]]:
-        out: dict[str, dict[str, int]] = {}
-        for (outer, inner), count in counts.items():
-            if count:
-                out.setdefault(outer.value, {})[inner.value] = count
-        return out
-
+    """The versioned JSON document of a snapshot (version `VERSION`; docs/operations.md
+    describes every version's layout)."""
     return {
         "format": FORMAT,
         "version": VERSION,
         "bucketSeconds": BUCKET_SECONDS,
         "savedAt": round(saved_at, 3),
         "buckets": [
-            {
-                "start": start,
-                "categories": {c.value: n for c, n in b.categories.items() if n},
-                "outcomes": nested(b.outcomes),
-                "tags": nested(b.tags),
-                "excluded": {e.value: n for e, n in b.excluded.items() if n},
-            }
-            for start, b in sorted(snapshot.buckets.items())
+            {"start": start, **bucket.to_rows()}
+            for start, bucket in sorted(snapshot.buckets.items())
         ],
     }
 
@@ -238,72 +152,123 @@ class DocumentError(ValueError):
     """The history document is not one this version can read; the message says why."""
 
 
-def _count(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise DocumentError(f"{where}: {value!r} is not a count")
-    return value
-
-
 def _mapping(value: Any, where: str) -> Mapping[str, Any]:
     if not isinstance(value, dict):
         raise DocumentError(f"{where}: not an object")
     return value
 
 
-def from_document(doc: Any) -> tuple[dict[int, Bucket], int]:
-    """The buckets of a document, and how many counts were skipped because their names are
-    unknown to this version (a newer agent's tag, say): those are dropped, not fatal."""
+def from_document(doc: Any) -> tuple[dict[int, Tally], int]:
+    """The buckets of a document of any version up to `VERSION`, and how many counts were
+    skipped because their names are unknown to this version (a newer agent's tag, say):
+    those are dropped, not fatal. A newer version is refused (its layout is unknown)."""
     doc = _mapping(doc, "document")
     if doc.get("format") != FORMAT:
         raise DocumentError(f"not a {FORMAT} document")
-    if doc.get("version") != VERSION:
-        raise DocumentError(f"version {doc.get('version')!r} (this agent reads {VERSION})")
+    version = doc.get("version")
+    readers = {1: _v1_bucket, 2: _v2_bucket}
+    if isinstance(version, bool) or version not in readers:
+        raise DocumentError(f"version {version!r} (this agent reads 1 to {VERSION})")
     if doc.get("bucketSeconds") != BUCKET_SECONDS:
         raise DocumentError(f"bucketSeconds {doc.get('bucketSeconds')!r}")
     rows = doc.get("buckets")
     if not isinstance(rows, list):
         raise DocumentError("buckets: not a list")
-    categories = {c.value: c for c in Category}
-    stages = {s.value: s for s in Stage}
-    outcomes = {o.value: o for o in Outcome}
-    tags = {t.value: t for t in Tag}
-    reasons = {e.value: e for e in Exclusion}
+    read_bucket = readers[version]
     skipped = 0
-    buckets: dict[int, Bucket] = {}
+    buckets: dict[int, Tally] = {}
     for index, row in enumerate(rows):
         where = f"buckets[{index}]"
         row = _mapping(row, where)
         start = row.get("start")
         if isinstance(start, bool) or not isinstance(start, int) or start % BUCKET_SECONDS:
             raise DocumentError(f"{where}.start: {start!r} is not a bucket start")
-        bucket = buckets.setdefault(start, Bucket())
-        for name, n in _mapping(row.get("categories", {}), where).items():
-            count = _count(n, f"{where}.categories.{name}")
-            if name in categories:
-                bucket.categories[categories[name]] += count
-            else:
-                skipped += count
-        for name, inner in _mapping(row.get("outcomes", {}), where).items():
-            for sub, n in _mapping(inner, f"{where}.outcomes.{name}").items():
-                count = _count(n, f"{where}.outcomes.{name}.{sub}")
-                if name in stages and sub in outcomes:
-                    bucket.outcomes[stages[name], outcomes[sub]] += count
-                else:
-                    skipped += count
-        for name, inner in _mapping(row.get("tags", {}), where).items():
-            for sub, n in _mapping(inner, f"{where}.tags.{name}").items():
-                count = _count(n, f"{where}.tags.{name}.{sub}")
-                if name in categories and sub in tags:
-                    bucket.tags[categories[name], tags[sub]] += count
-                else:
-                    skipped += count
-        for name, n in _mapping(row.get("excluded", {}), where).items():
-            count = _count(n, f"{where}.excluded.{name}")
-            if name in reasons:
-                bucket.excluded[reasons[name]] += count
-            else:
-                skipped += count
+        try:
+            bucket, lost = read_bucket(row, where)
+        except RowsError as error:
+            raise DocumentError(str(error)) from None
+        skipped += lost
+        buckets.setdefault(start, Tally()).merge(bucket)
     return buckets, skipped
+
+
+def _v2_bucket(row: Mapping[str, Any], where: str) -> tuple[Tally, int]:
+    return Tally.from_rows(row, where)
+
+
+def _v1_bucket(row: Mapping[str, Any], where: str) -> tuple[Tally, int]:
+    """Version 1 kept three separate marginals per bucket: flows per category, per (stage,
+    outcome) and per (category, tag), without families. A tally keyed by whole verdicts is
+    rebuilt whose marginals are exactly those (every view the API serves reads only them);
+    which tags went together on one flow was not kept and is not claimed. Family is ""."""
+    outcomes: dict[tuple[str, str], int] = {}
+    for stage, inner in _mapping(row.get("outcomes", {}), f"{where}.outcomes").items():
+        for outcome, n in _mapping(inner, f"{where}.outcomes.{stage}").items():
+            outcomes[stage, outcome] = _v1_count(n, f"{where}.outcomes.{stage}.{outcome}")
+    tags: dict[str, dict[str, int]] = {}
+    for category, inner in _mapping(row.get("tags", {}), f"{where}.tags").items():
+        for tag, n in _mapping(inner, f"{where}.tags.{category}").items():
+            tags.setdefault(category, {})[tag] = _v1_count(n, f"{where}.tags.{category}.{tag}")
+    for category, n in _mapping(row.get("categories", {}), f"{where}.categories").items():
+        _v1_count(n, f"{where}.categories.{category}")  # implied by the outcomes
+    rows: list[list[Any]] = []
+    by_category: dict[str, list[tuple[str, str, int]]] = {}
+    skipped = 0
+    for (stage, outcome), n in outcomes.items():
+        name = _category_of(stage, outcome)
+        if name is None:
+            skipped += n
+        elif n:
+            by_category.setdefault(name, []).append((stage, outcome, n))
+    for name, units in by_category.items():
+        rows.extend(_v1_rows(name, units, tags.get(name, {})))
+    excluded = [["", reason, _v1_count(n, f"{where}.excluded.{reason}")]
+                for reason, n in _mapping(row.get("excluded", {}), f"{where}.excluded").items()]
+    tally, unknown = Tally.from_rows({"judged": rows, "excluded": excluded}, where)
+    return tally, skipped + unknown
+
+
+def _v1_rows(
+    category: str, units: list[tuple[str, str, int]], tag_counts: Mapping[str, int]
+) -> list[list[Any]]:
+    """Lay the category's flows out in a row (by stage and outcome), give each tag to the
+    first `count` of them, and cut the row wherever a unit or a tag changes."""
+    total = sum(n for _, _, n in units)
+    tags = {tag: min(n, total) for tag, n in tag_counts.items() if n}
+    cuts = {0, total, *tags.values()}
+    edge = 0
+    for _, _, n in units:
+        edge += n
+        cuts.add(edge)
+    points = sorted(cuts)
+    rows = []
+    unit_index, unit_end = 0, units[0][2]
+    for low, high in zip(points, points[1:]):
+        while low >= unit_end:
+            unit_index += 1
+            unit_end += units[unit_index][2]
+        stage, outcome, _ = units[unit_index]
+        members = sorted(tag for tag, n in tags.items() if n > low)
+        rows.append(["", stage, outcome, category, members, high - low])
+    return rows
+
+
+def _category_of(stage: str, outcome: str) -> Optional[str]:
+    """The methodology's category of a (stage, outcome), by name; None for unknown names."""
+    stages = {s.value for s in Stage}
+    if stage not in stages or outcome not in {o.value for o in Outcome}:
+        return None
+    if outcome == Outcome.RESET.value or (
+        outcome == Outcome.TIMEOUT.value and stage != Stage.LATER.value
+    ):
+        return str(Category.LATER_IN_FLOW.value) if stage == Stage.LATER.value else str(stage)
+    return str(Category.NO_MATCH.value)
+
+
+def _v1_count(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise DocumentError(f"{where}: {value!r} is not a count")
+    return value
 
 
 class HistoryFile:

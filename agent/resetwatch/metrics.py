@@ -25,8 +25,8 @@ from .classify import Category, Outcome, Stage, Tag
 from .event import CountingOutput, FlowEvent
 from .flows import Exclusion
 from .packet import Invalid
+from .tally import FAMILIES, Tally
 
-FAMILIES = ("4", "6")
 NFLOG_LOSS_REASONS = {
     "seq_gap": "Packets missing between NFLOG sequence numbers (dropped by the kernel when the "
     "receive buffer overflowed).",
@@ -40,27 +40,32 @@ def _enum_help(intro: str, members: object) -> str:
 
 
 class FlowCounts(CountingOutput):
-    """An output counting judged and excluded flows by family, stage, outcome, category, tag."""
+    """An output counting finished flows in one `Tally` (since the agent started); the
+    collector folds it into the metric families at scrape time."""
 
     def __init__(self) -> None:
-        self.connections = {(f, c): 0 for f in FAMILIES for c in Category}
-        self.outcomes = {(f, s, o): 0 for f in FAMILIES for s in Stage for o in Outcome}
-        self.tags = {(f, c, t): 0 for f in FAMILIES for c in Category for t in Tag}
-        self.excluded_by = {e: 0 for e in Exclusion}
+        self.tally = Tally()
 
     def write(self, event: FlowEvent) -> None:
-        verdict = event.verdict
-        if verdict is None:
-            if event.excluded is not None:
-                self.excluded_by[event.excluded] += 1
-            return
-        family = event.family
-        category = verdict.category
-        self.connections[family, category] += 1
-        self.outcomes[family, verdict.stage, verdict.outcome] += 1
-        tags = self.tags
-        for tag in verdict.tags:
-            tags[family, category, tag] += 1
+        self.tally.add(event)
+
+    def connections(self) -> dict[tuple[str, Category], int]:
+        out = {(f, c): 0 for f in FAMILIES for c in Category}
+        out.update(self.tally.group(lambda k: (k.family, k.verdict.category)))
+        return out
+
+    def outcomes(self) -> dict[tuple[str, Stage, Outcome], int]:
+        out = {(f, s, o): 0 for f in FAMILIES for s in Stage for o in Outcome}
+        out.update(self.tally.group(lambda k: (k.family, k.verdict.stage, k.verdict.outcome)))
+        return out
+
+    def tags(self) -> dict[tuple[str, Category, Tag], int]:
+        out = {(f, c, t): 0 for f in FAMILIES for c in Category for t in Tag}
+        for key, count in self.tally.judged.copy().items():
+            family, category = key.family, key.verdict.category
+            for tag in key.verdict.tags:
+                out[family, category, tag] += count
+        return out
 
 
 @dataclass
@@ -100,7 +105,7 @@ class AgentCollector(Collector):
             _enum_help("Sampled TCP connections judged, by category.", Category),
             labels=["family", "category"],
         )
-        for (family, category), value in counts.connections.items():
+        for (family, category), value in counts.connections().items():
             m.add_metric([family, category.value], value)
         yield m
 
@@ -109,7 +114,7 @@ class AgentCollector(Collector):
             _enum_help("Sampled TCP connections judged, by stage and outcome.", Outcome),
             labels=["family", "stage", "outcome"],
         )
-        for (family, stage, outcome), value in counts.outcomes.items():
+        for (family, stage, outcome), value in counts.outcomes().items():
             m.add_metric([family, stage.value, outcome.value], value)
         yield m
 
@@ -119,7 +124,7 @@ class AgentCollector(Collector):
             "tags). " + " ".join(f"{t.value}: {t.doc}" for t in Tag),
             labels=["family", "category", "tag"],
         )
-        for (family, category, tag), value in counts.tags.items():
+        for (family, category, tag), value in counts.tags().items():
             m.add_metric([family, category.value, tag.value], value)
         yield m
 
@@ -128,7 +133,7 @@ class AgentCollector(Collector):
             _enum_help("Sampled flows counted but not classified, by reason.", Exclusion),
             labels=["reason"],
         )
-        for reason, value in counts.excluded_by.items():
+        for reason, value in counts.tally.excluded_by().items():
             m.add_metric([reason.value], value)
         yield m
 

@@ -6,8 +6,8 @@ from collections.abc import Iterable, Mapping
 from typing import Optional
 
 from .classify import Category, Tag
-from .flows import Exclusion
-from .summary import Summary, share_cell
+from .summary import percent_shares, share_cell
+from .tally import Tally
 
 
 def _bar(share: float, width: int = 30) -> str:
@@ -15,7 +15,7 @@ def _bar(share: float, width: int = 30) -> str:
 
 
 def summary_table(
-    summary: Summary,
+    tally: Tally,
     *,
     title: str,
     extra: Iterable[tuple[str, str]] = (),
@@ -24,30 +24,33 @@ def summary_table(
     lines = [title]
     for name, value in extra:
         lines.append(f"  {name + ':':<22}{value}")
-    classified = summary.classified
+    classified = tally.classified
+    excluded_total = tally.excluded_total
     lines.append(f"  {'classified flows:':<22}{classified:,}")
-    lines.append(f"  {'excluded flows:':<22}{summary.excluded_total:,}")
+    lines.append(f"  {'excluded flows:':<22}{excluded_total:,}")
     lines.append("")
     lines.append(f"  {'category':<15}{'share':>9}{'flows':>12}")
-    shares = summary.shares()
+    categories = tally.categories()
+    shares = percent_shares({c.value: n for c, n in categories.items()})
     for category in Category:
         share = shares[category.value]
-        count = summary.categories[category]
+        count = categories[category]
         lines.append(
             f"  {category.value:<15}{share_cell(share):>9}{count:>12,}  {_bar(float(share))}"
         )
-    if summary.excluded_total:
+    if excluded_total:
         lines.append("")
         lines.append("  excluded (not classified)")
-        for reason in Exclusion:
-            if summary.excluded_by[reason]:
-                lines.append(f"    {reason.value:<18}{summary.excluded_by[reason]:>10,}")
-    if summary.tags:
+        for reason, count in tally.excluded_by().items():
+            if count:
+                lines.append(f"    {reason.value:<18}{count:>10,}")
+    tags = tally.tag_totals()
+    if any(tags.values()):
         lines.append("")
         lines.append(f"  {'tag':<18}{'flows':>10}{'of classified':>15}")
         # A flow carries several tags, so tag ratios are of classified flows, not shares.
         for tag in Tag:
-            count = summary.tags[tag]
+            count = tags[tag]
             if count:
                 ratio = 100.0 * count / classified if classified else 0.0
                 lines.append(f"    {tag.value:<16}{count:>10,}{ratio:>14.2f}%")

@@ -92,7 +92,7 @@ def test_every_flow_is_a_scenario(lab_run: LabRun) -> None:
 
 
 def test_summary_counts_match_records(lab_run: LabRun) -> None:
-    counts = lab_run.summary["result"]["meta"]["counts"]
+    counts = lab_run.summary["result"]["meta"]["counts"]["summary_0"]
     judged = [s for s in SCENARIOS if not s.expect.excluded]
     assert counts["classified"] == len(judged)
     assert counts["excluded"]["truncated"] == len(SCENARIOS) - len(judged)

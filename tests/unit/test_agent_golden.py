@@ -122,8 +122,9 @@ def test_stop_truncates_instead_of_timing_out(agent_run) -> None:
     agent, source = agent_run
     agent.stop()
     counts = agent.counts
-    assert counts.excluded_by[next(e for e in counts.excluded_by if e.value == "truncated")] == 2
-    assert sum(v for (_, _, o), v in counts.outcomes.items() if o.value == "timeout") == 0
+    excluded = counts.tally.excluded_by()
+    assert excluded[next(e for e in excluded if e.value == "truncated")] == 2
+    assert sum(v for (_, _, o), v in counts.outcomes().items() if o.value == "timeout") == 0
     assert source.closed
 
 

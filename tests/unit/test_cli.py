@@ -63,4 +63,5 @@ def test_replay_of_files_that_are_not_captures(tmp_path: Path) -> None:
     assert "garbage.pcap" in errors[0] and "empty.pcap" in errors[1]
     assert "missing.pcap" in errors[2] and "No such file" in errors[2]
     assert "Traceback" not in result.stderr
-    assert "classified flows:" in result.stdout
+    # Nothing was read: no table of zeros that would look like a result.
+    assert "classified flows:" not in result.stdout

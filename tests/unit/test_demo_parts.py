@@ -206,7 +206,6 @@ def test_summary_from_records_gives_the_replay_table() -> None:
     summary = summary_from_records(_records())
     assert summary.classified == 3
     assert summary.excluded_total == 1
-    assert (summary.first_ts, summary.last_ts) == (10.0, 20.0)
     table = summary_table(summary, title="t")
     assert "post_psh" in table and "ttl_mismatch" in table and "truncated" in table
 

@@ -70,16 +70,16 @@ def test_counts_by_category_outcome_tag_and_exclusion() -> None:
     judge(history, NOW, Category.NO_MATCH)
     exclude(history, NOW, Exclusion.TRUNCATED, 3)
     (bucket,) = history.snapshot().buckets.values()
-    assert nonzero(bucket.categories) == {Category.POST_PSH: 2, Category.NO_MATCH: 1}
-    assert nonzero(bucket.outcomes) == {
+    assert nonzero(bucket.categories()) == {Category.POST_PSH: 2, Category.NO_MATCH: 1}
+    assert nonzero(bucket.outcomes()) == {
         (Stage.POST_PSH, Outcome.RESET): 2,
         (Stage.LATER, Outcome.CLOSED): 1,
     }
-    assert nonzero(bucket.tags) == {
+    assert nonzero(bucket.tags()) == {
         (Category.POST_PSH, Tag.RESET): 2,
         (Category.POST_PSH, Tag.SINGLE_RST): 2,
     }
-    assert nonzero(bucket.excluded) == {Exclusion.TRUNCATED: 3}
+    assert nonzero(bucket.excluded_by()) == {Exclusion.TRUNCATED: 3}
     assert (bucket.classified, bucket.excluded_total) == (3, 3)
 
 
@@ -135,7 +135,7 @@ def test_readers_on_another_thread_always_see_whole_flows() -> None:
     torn = []
     while not done.is_set():
         for bucket in history.snapshot().buckets.values():
-            if bucket.classified != sum(bucket.outcomes.values()):
+            if bucket.classified != sum(bucket.outcomes().values()):
                 torn.append(bucket)
     writer.join()
     assert torn == []
@@ -159,16 +159,24 @@ def test_the_document_round_trips() -> None:
     buckets, skipped = from_document(doc)
     assert skipped == 0
     assert buckets == history.snapshot().buckets
-    assert doc["format"] == "resetwatch-history" and doc["version"] == 1
+    assert doc["format"] == "resetwatch-history" and doc["version"] == 2
 
 
 def test_unknown_names_are_skipped_not_fatal() -> None:
     doc = to_document(filled().snapshot(), NOW)
-    doc["buckets"][0]["categories"]["post_future"] = 5
-    doc["buckets"][0]["tags"]["post_syn"] = {"new_tag": 2}
+    doc["buckets"][0]["judged"].append(["4", "post_future", "reset", "post_syn", [], 5])
+    doc["buckets"][0]["judged"].append(["6", "post_syn", "reset", "post_syn", ["new_tag"], 2])
+    doc["buckets"][0]["excluded"].append(["4", "new_reason", 4])
     buckets, skipped = from_document(doc)
-    assert skipped == 7
+    assert skipped == 11
     assert sum(b.classified for b in buckets.values()) == 3
+
+
+def test_a_newer_version_is_refused_by_name() -> None:
+    doc = to_document(filled().snapshot(), NOW)
+    doc["version"] = 3
+    with pytest.raises(history_module.DocumentError, match="version 3"):
+        from_document(doc)
 
 
 # ---- the file -----------------------------------------------------------------------------
@@ -356,7 +364,7 @@ def test_a_restarted_agent_keeps_its_counts(tmp_path: Path) -> None:
     try:
         total = second.history.snapshot().total(0, 2**40)
         assert total.classified == 3
-        assert nonzero(total.excluded) == {Exclusion.NO_SYN: 1, Exclusion.TRUNCATED: 2}
+        assert nonzero(total.excluded_by()) == {Exclusion.NO_SYN: 1, Exclusion.TRUNCATED: 2}
     finally:
         second.stop()
     assert saved_counts(tmp_path / FILE_NAME) == 6  # saved again, not doubled

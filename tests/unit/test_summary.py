@@ -8,10 +8,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from resetwatch import envelope
 from resetwatch.classify import Category, Outcome, Stage, Tag, Verdict
-from resetwatch.event import judged_event
-from resetwatch.flows import Flow
+from resetwatch.event import excluded_event, judged_event
+from resetwatch.flows import Exclusion, Flow
 from resetwatch.summary import Summary, percent_shares, share_cell
+from resetwatch.tally import Tally
 
 from .factory import pkt
 
@@ -36,38 +38,30 @@ def test_shares_always_sum_to_100(counts: list[int]) -> None:
             )
 
 
-def test_radar_shape_has_the_five_published_fields() -> None:
-    body = Summary().radar({"sampling_probability": 0.0001})
+def test_the_envelope_has_the_five_published_fields_and_the_counts() -> None:
+    body = envelope.summary({"samplingProbability": 0.0001}, {"summary_0": Tally()})
     assert body["success"] is True and body["errors"] == []
     assert list(body["result"]["summary_0"]) == [c.value for c in Category]
-    assert body["result"]["meta"]["sampling_probability"] == 0.0001
+    meta = body["result"]["meta"]
+    assert meta["samplingProbability"] == 0.0001 and meta["normalization"] == "PERCENTAGE"
+    assert set(meta["counts"]["summary_0"]) == {
+        "classified", "categories", "outcomes", "tags", "excluded"
+    }
 
 
-def test_counts_read_mid_way_and_written_directly_add_up() -> None:
-    # Judged flows are counted per verdict and folded into the counters when they are read;
-    # the counters must look as if every flow had been counted as it came, keys in the order
-    # of their first flows, and writes to them (the demo adds records' counts) must stay.
+def test_summary_counts_every_event_and_the_span_of_its_flows() -> None:
     s, o, c, t = Stage, Outcome, Category, Tag
     reset = Verdict(s.POST_ACK, o.RESET, c.POST_ACK, (t.RESET, t.SINGLE_RSTACK))
     timeout = Verdict(s.POST_SYN, o.TIMEOUT, c.POST_SYN, (t.TIMEOUT,))
-    closed = Verdict(s.LATER, o.CLOSED, c.NO_MATCH, ())
-    flow = Flow(pkt("S", 1.0))
     summary = Summary()
-    for verdict in (closed, reset, timeout, reset):
-        summary.write(judged_event(flow, verdict))
-    assert list(summary.outcomes) == [(s.LATER, o.CLOSED), (s.POST_ACK, o.RESET),
-                                      (s.POST_SYN, o.TIMEOUT)]
-    summary.write(judged_event(flow, timeout))
-    summary.categories[c.POST_SYN] += 10
-    psh_reset = Verdict(s.POST_PSH, o.RESET, c.POST_PSH, (t.RESET, t.SINGLE_RST))
-    summary.write(judged_event(flow, psh_reset))
-    assert summary.categories == {c.POST_SYN: 12, c.POST_ACK: 2, c.POST_PSH: 1,
-                                  c.LATER_IN_FLOW: 0, c.NO_MATCH: 1}
-    assert list(summary.tags.items()) == [(t.RESET, 3), (t.SINGLE_RSTACK, 2), (t.TIMEOUT, 2),
-                                          (t.SINGLE_RST, 1)]
-    assert summary.outcomes[s.POST_SYN, o.TIMEOUT] == 2
-    assert summary.classified == 16
-    assert (summary.first_ts, summary.last_ts) == (1.0, 1.0)
+    for ts, verdict in ((3.0, reset), (1.0, timeout), (2.0, reset)):
+        summary.write(judged_event(Flow(pkt("S", ts)), verdict))
+    summary.write(excluded_event(Flow(pkt("S", 5.0)), Exclusion.TRUNCATED))
+    tally = summary.tally
+    assert tally.classified == 3 and tally.excluded_total == 1
+    assert tally.categories()[c.POST_ACK] == 2 and tally.categories()[c.POST_SYN] == 1
+    assert tally.tag_totals()[t.RESET] == 2 and tally.tag_totals()[t.TIMEOUT] == 1
+    assert (summary.first_ts, summary.last_ts) == (1.0, 5.0)
 
 
 @pytest.mark.parametrize(

@@ -28,10 +28,9 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any, Optional
 
-from ..classify import Category, Outcome, Stage, Tag
-from ..flows import Exclusion
+from ..classify import Category, Tag
 from ..report import summary_table
-from ..summary import Summary
+from ..tally import Tally
 from . import lab as labmod
 from .forward import Forwarder, category_counts, http_get
 from .lab import Lab, LabError
@@ -110,30 +109,22 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-_CATEGORIES = {c.value: c for c in Category}
-_STAGES = {s.value: s for s in Stage}
-_OUTCOMES = {o.value: o for o in Outcome}
-_TAGS = {t.value: t for t in Tag}
-_EXCLUSIONS = {e.value: e for e in Exclusion}
+_CATEGORIES = {c.value for c in Category}
 
 
-def summary_from_records(records: Iterable[dict[str, Any]]) -> Summary:
+def summary_from_records(records: Iterable[dict[str, Any]]) -> Tally:
     """The counts `resetwatch replay` prints, rebuilt from the agent's records."""
-    summary = Summary()
+    judged: list[list[Any]] = []
+    excluded: list[list[Any]] = []
     for record in records:
+        family = str(record["family"])
         if "excluded" in record:
-            summary.excluded_by[_EXCLUSIONS[record["excluded"]]] += 1
+            excluded.append([family, record["excluded"], 1])
         else:
-            summary.categories[_CATEGORIES[record["category"]]] += 1
-            summary.outcomes[_STAGES[record["stage"]], _OUTCOMES[record["outcome"]]] += 1
-            for tag in record["tags"]:
-                summary.tags[_TAGS[tag]] += 1
-        first, last = float(record["first_ts"]), float(record["last_ts"])
-        if summary.first_ts is None or first < summary.first_ts:
-            summary.first_ts = first
-        if summary.last_ts is None or last > summary.last_ts:
-            summary.last_ts = last
-    return summary
+            judged.append([family, record["stage"], record["outcome"], record["category"],
+                           list(record["tags"]), 1])
+    tally, _ = Tally.from_rows({"judged": judged, "excluded": excluded}, "records")
+    return tally
 
 
 def verdict_table(events: Sequence[dict[str, Any]], records: Sequence[dict[str, Any]]) -> str:
