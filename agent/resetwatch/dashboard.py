@@ -1,6 +1,6 @@
 """The Grafana dashboard, rendered from code so its queries use the metric names we export.
 
-`python -m resetwatch.dashboard > deploy/grafana/resetwatch.json`; a unit test checks the file
+`python -m resetwatch.generate` (deploy/grafana/resetwatch.json); a unit test checks the file
 is current and that every query is valid PromQL over metrics that exist.
 """
 

@@ -1,7 +1,7 @@
 """Prometheus recording and alerting rules for resetwatch, rendered from one definition.
 
-`python -m resetwatch.promrules > deploy/prometheus/resetwatch.rules.yml` writes the shipped
-file (a unit test checks it is current); tests render a variant with short windows so a real
+`python -m resetwatch.generate` writes the shipped deploy/prometheus/resetwatch.rules.yml
+(the test command checks it is current); tests render a variant with short windows so a real
 Prometheus can fire an alert in a minute instead of an hour.
 
 Why three conditions on a spike alert: with 1-in-10,000 sampling a quiet server yields a few

@@ -1,15 +1,13 @@
 """Markdown tables generated from the enums, settings and metrics: the docs' single source.
 
-`python -m resetwatch.reference --write` refreshes every generated block in docs/ and the
-README; a unit test fails when a block is out of date.
+`python -m resetwatch.generate` refreshes every generated block in docs/ and the README
+(with the other generated files); `--check`, run by the test command, fails on a stale one.
 """
 
 from __future__ import annotations
 
 import re
-import sys
 from collections.abc import Iterable
-from pathlib import Path
 
 from .classify import Category, Outcome, Stage, Tag
 from .config import SETTINGS, _toml_value
@@ -73,28 +71,3 @@ _BLOCK = re.compile(
 def refresh(text: str) -> str:
     """`text` with every generated block rewritten from the code."""
     return _BLOCK.sub(lambda m: m[1] + BLOCKS[m["name"]]() + "\n" + m[4], text)
-
-
-def documents(root: Path) -> list[Path]:
-    return sorted(root.glob("docs/*.md")) + [root / "README.md"]
-
-
-def main(argv: list[str]) -> int:
-    root = Path(argv[argv.index("--root") + 1]) if "--root" in argv else Path.cwd()
-    stale = []
-    for path in documents(root):
-        if not path.exists():
-            continue
-        text = path.read_text(encoding="utf-8")
-        fresh = refresh(text)
-        if fresh != text:
-            stale.append(path)
-            if "--write" in argv:
-                path.write_text(fresh, encoding="utf-8")
-    for path in stale:
-        print(f"{'refreshed' if '--write' in argv else 'out of date'}: {path}")
-    return 1 if stale and "--write" not in argv else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

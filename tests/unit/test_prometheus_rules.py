@@ -19,8 +19,7 @@ needs_promtool = pytest.mark.skipif(
 
 def test_shipped_rules_are_generated() -> None:
     assert (DIR / "resetwatch.rules.yml").read_text() == promrules.render(), (
-        "run: PYTHONPATH=agent python3 -m resetwatch.promrules > "
-        "deploy/prometheus/resetwatch.rules.yml"
+        "run: python -m resetwatch.generate"
     )
 
 
