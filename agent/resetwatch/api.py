@@ -61,7 +61,14 @@ UNSUPPORTED = {
 
 _DURATION = re.compile(r"^(\d{1,6})([mhdw])(control)?$", re.IGNORECASE)
 _UNIT_SECONDS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_ALLOWED_RANGES = "15m, 1h, 12h, 1d, 2d, 7d or 1w (a multiple of 15m, at most 7d; a Control suffix, e.g. 1dControl, gives the period just before)"  # noqa: E501
+WEEK = 7 * 86400
+_ALLOWED_RANGES = (
+    "1d, 7d, 28d, 1w, 4w (Radar's days and weeks) or 15m, 1h, 12h (ours): a multiple of 15m "
+    "within the retention; a Control suffix (1dControl) gives the same window whole weeks "
+    "earlier"
+)
+EARLIEST_YEAR = 1970
+LATEST_YEAR = 9999
 _JSON = "application/json"
 _CSV = "text/csv; charset=utf-8"
 
@@ -98,6 +105,9 @@ class Request:
 # ---- time -------------------------------------------------------------------------------------
 
 
+_LATEST = datetime(LATEST_YEAR, 1, 1, tzinfo=timezone.utc).timestamp()
+
+
 def iso(epoch: float) -> str:
     return datetime.fromtimestamp(int(epoch), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -130,7 +140,15 @@ def _instant(text: str, parameter: str) -> float:
         ) from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
-    return when.timestamp()
+    try:
+        epoch = when.timestamp()
+    except (OverflowError, OSError, ValueError):
+        epoch = -1.0
+    # A time whose UTC form leaves the years datetime can hold (0001-01-01, or 9999-12-31
+    # at -14:00) is no time this agent could have counted anything at.
+    if epoch < 0 or epoch >= _LATEST:
+        raise ApiError(parameter, f"{text!r} is outside {EARLIEST_YEAR} to {LATEST_YEAR - 1}")
+    return epoch
 
 
 # ---- the query --------------------------------------------------------------------------------
@@ -148,7 +166,14 @@ def _one(query: Query, name: str) -> Optional[str]:
     return values[0] if values else None
 
 
-def _range_span(text: str, now_end: int) -> Span:
+def _days(seconds: int) -> str:
+    return f"{seconds // 86400} days" if seconds % 86400 == 0 else f"{seconds // 3600}h"
+
+
+def _range_span(text: str, now_end: int, retention: int) -> Span:
+    """A relative range ending at the current bucket's end. A Control range is the same
+    window shifted back by its length rounded up to whole weeks, as Radar does, so it keeps
+    the weekday alignment and never overlaps the window (`1dControl`: days -8 to -7)."""
     match = _DURATION.match(text)
     if not match:
         raise ApiError("dateRange", f"{text!r} is not a range such as {_ALLOWED_RANGES}")
@@ -157,47 +182,64 @@ def _range_span(text: str, now_end: int) -> Span:
         raise ApiError(
             "dateRange", f"{text!r} is not a positive multiple of 15m ({_ALLOWED_RANGES})"
         )
-    reach = seconds * (2 if match[3] else 1)
-    if reach > RETENTION_SECONDS:
+    shift = math.ceil(seconds / WEEK) * WEEK if match[3] else 0
+    if seconds + shift > retention:
         raise ApiError(
             "dateRange",
-            f"{text!r} reaches back {reach // 3600}h, beyond the 7 days (168h) this agent keeps",
+            f"{text!r} reaches back {_days(seconds + shift)}, beyond the {_days(retention)} "
+            "this agent keeps",
         )
-    end = now_end - (seconds if match[3] else 0)
+    end = now_end - shift
     return Span(end - seconds, end)
 
 
-def _explicit_spans(starts: list[str], ends: list[str], now: float) -> list[Span]:
+def _explicit_spans(
+    starts: list[str], ends: list[str], now: float, retention: int
+) -> list[Span]:
+    """Spans from dateStart/dateEnd, each floored to 15 minutes (as Radar does); an end not
+    given is now (the current bucket included)."""
     now_end = _ceil(now)
-    earliest = now_end - RETENTION_SECONDS
+    earliest = now_end - retention
     if ends and starts and len(ends) != len(starts):
         raise ApiError("dateEnd", f"{len(ends)} values for {len(starts)} dateStart values")
-    default_span = _range_span(DEFAULT_RANGE, now_end)
-    spans = []
+    default_seconds = _UNIT_SECONDS["d"]
+    spans: list[Span] = []
+    durations: list[int] = []
     for index in range(max(len(starts), len(ends))):
-        end = _instant(ends[index], "dateEnd") if ends else now
-        if starts:
-            start = _instant(starts[index], "dateStart")
-        else:
-            start = end - (default_span.end - default_span.start)
+        end = _floor(_instant(ends[index], "dateEnd")) if ends else now_end
+        given = starts[index] if starts else None
+        start = _floor(_instant(given, "dateStart")) if given else end - default_seconds
         if start >= end:
             raise ApiError(
-                "dateStart", f"{iso(start)} is not before dateEnd {iso(end)}"
+                "dateStart", f"{iso(start)} is not before dateEnd {iso(end)} (both floored "
+                "to 15 minutes)"
             )
-        if start < earliest - BUCKET_SECONDS:
+        if start < earliest:
             raise ApiError(
                 "dateStart" if starts else "dateEnd",
-                f"{iso(start)} is older than the 7 days this agent keeps "
+                f"{iso(start)} is older than the {_days(retention)} this agent keeps "
                 f"(earliest: {iso(earliest)})",
             )
         if start >= now_end:
             raise ApiError("dateStart", f"{iso(start)} is in the future (now: {iso(now)})")
-        # Whole buckets only: the range grows to bucket edges and stops at the current one.
-        spans.append(Span(max(_floor(start), earliest), min(_ceil(end), now_end)))
+        spans.append(Span(start, min(end, now_end)))
+        durations.append(end - start)
+    _same_duration("dateStart", durations)
     return spans
 
 
-def parse(query: Query, now: float, prefix: str) -> Request:
+def _same_duration(parameter: str, durations: list[int]) -> None:
+    """Radar compares series of one duration only (before a window is cut at now)."""
+    if any(d != durations[0] for d in durations):
+        raise ApiError(
+            parameter,
+            f"every series must span the same duration as the first ({_days(durations[0])})",
+        )
+
+
+def parse(
+    query: Query, now: float, prefix: str, retention: int = RETENTION_SECONDS
+) -> Request:
     """Check every parameter; `ApiError` names the first one refused."""
     for name, what in UNSUPPORTED.items():
         if name in query:
@@ -213,11 +255,13 @@ def parse(query: Query, now: float, prefix: str) -> Request:
     if ranges and (starts or ends):
         raise ApiError("dateRange", "give either dateRange or dateStart/dateEnd, not both")
     if starts or ends:
-        spans = _explicit_spans(starts, ends, now)
+        spans = _explicit_spans(starts, ends, now, retention)
     else:
-        spans = [_range_span(text, _ceil(now)) for text in ranges or [DEFAULT_RANGE]]
+        spans = [_range_span(text, _ceil(now), retention) for text in ranges or [DEFAULT_RANGE]]
     if len(spans) > MAX_SERIES:
         raise ApiError("dateRange", f"{len(spans)} series asked, at most {MAX_SERIES}")
+    if not (starts or ends):
+        _same_duration("dateRange", [span.end - span.start for span in spans])
     names = _values(query, "name")
     if len(names) > len(spans):
         raise ApiError("name", f"{len(names)} names for {len(spans)} series")
@@ -259,18 +303,23 @@ def _csv(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> Response:
     return 200, _CSV, out.getvalue().encode()
 
 
-def _meta(request: Request, now: float, probability: float) -> dict[str, Any]:
+def _meta(request: Request, now: float, probability: float, main: Tally) -> dict[str, Any]:
+    """`meta` as Radar fills it, the confidence judged on the main (first) series."""
     return {
         "dateRange": [{"startTime": iso(s.start), "endTime": iso(s.end)} for s in request.spans],
         "lastUpdated": iso(now),
+        **envelope.radar_meta(main.classified),
         "samplingProbability": probability,
     }
 
 
-def summary(snapshot: Snapshot, query: Query, now: float, probability: float) -> Response:
+def summary(
+    snapshot: Snapshot, query: Query, now: float, probability: float,
+    retention: int = RETENTION_SECONDS,
+) -> Response:
     """`/tcp_resets_timeouts/summary`: each range's category shares."""
     try:
-        request = parse(query, now, "summary")
+        request = parse(query, now, "summary", retention)
     except ApiError as err:
         return error(err)
     totals = [snapshot.total(s.start, s.end) for s in request.spans]
@@ -283,7 +332,7 @@ def summary(snapshot: Snapshot, query: Query, now: float, probability: float) ->
             for key, span, total in zip(request.keys, request.spans, totals)
         ]
         return _csv(header, rows)
-    meta = _meta(request, now, probability)
+    meta = _meta(request, now, probability, totals[0])
     return _json(envelope.summary(meta, dict(zip(request.keys, totals))))
 
 
@@ -301,11 +350,12 @@ def _series(snapshot: Snapshot, span: Span, agg: str) -> tuple[list[int], list[T
 
 
 def timeseries_groups(
-    snapshot: Snapshot, query: Query, now: float, probability: float
+    snapshot: Snapshot, query: Query, now: float, probability: float,
+    retention: int = RETENTION_SECONDS,
 ) -> Response:
     """`/tcp_resets_timeouts/timeseries_groups`: shares per `aggInterval` for each range."""
     try:
-        request = parse(query, now, "serie")
+        request = parse(query, now, "serie", retention)
     except ApiError as err:
         return error(err)
     series = [_series(snapshot, span, request.agg) for span in request.spans]
@@ -318,7 +368,8 @@ def timeseries_groups(
             for start, bucket in zip(starts, sums)
         ]
         return _csv(header, rows)
-    meta = {"normalization": envelope.NORMALIZATION, **_meta(request, now, probability)}
+    main = Tally.sum(series[0][1])
+    meta = {"normalization": envelope.NORMALIZATION, **_meta(request, now, probability, main)}
     meta["aggInterval"] = AGG_INTERVALS[request.agg][1]
     counts: dict[str, Any] = {}
     result: dict[str, Any] = {"meta": meta}
@@ -343,11 +394,14 @@ def tag_share(count: int, classified: int) -> str:
     return percent_shares({"tag": count, "rest": max(0, classified - count)})["tag"]
 
 
-def tags(snapshot: Snapshot, query: Query, now: float, probability: float) -> Response:
+def tags(
+    snapshot: Snapshot, query: Query, now: float, probability: float,
+    retention: int = RETENTION_SECONDS,
+) -> Response:
     """`/tags`: each tag's count in one range, by category, and its share of the classified
     connections (a connection carries several tags, so the shares do not sum to 100)."""
     try:
-        request = parse(query, now, "tags")
+        request = parse(query, now, "tags", retention)
         if len(request.spans) > 1:
             raise ApiError("dateRange", f"{TAGS} takes one range, not {len(request.spans)}")
     except ApiError as err:
@@ -382,12 +436,46 @@ def tags(snapshot: Snapshot, query: Query, now: float, probability: float) -> Re
                 for r in rows
             ],
         )
-    meta = {"normalization": envelope.NORMALIZATION, **_meta(request, now, probability)}
+    meta = {"normalization": envelope.NORMALIZATION, **_meta(request, now, probability, total)}
     meta["counts"] = envelope.counts(total)
     return _json(envelope.success({"meta": meta, "tags": rows}))
 
 
-Renderer = Callable[[Snapshot, Query, float, float], Response]
+Renderer = Callable[[Snapshot, Query, float, float, int], Response]
+
+RADAR_PREFIX = "/client/v4/radar"
+"""Where Radar serves the dataset under its API base: the official client appends
+`/radar/tcp_resets_timeouts/...` to its `base_url`, so `http://AGENT/client/v4` reaches here."""
+
+ENDPOINTS: dict[str, tuple[Renderer, str]] = {
+    "/tcp_resets_timeouts/summary": (summary, "summary"),
+    "/tcp_resets_timeouts/timeseries_groups": (timeseries_groups, "serie"),
+}
+"""Radar's endpoints, served under both path families."""
+EXTENSIONS: dict[str, tuple[Renderer, str]] = {
+    "/tags": (tags, "tags"),
+}
+"""Ours: under /api/v1, and beside Radar's under /client/v4/radar/tcp_resets_timeouts."""
+
+
+def paths() -> dict[str, tuple[Renderer, str]]:
+    """Every API path with its renderer and series prefix, both families."""
+    out = {PREFIX + path: item for path, item in ENDPOINTS.items()}
+    out.update({RADAR_PREFIX + path: item for path, item in ENDPOINTS.items()})
+    out.update({PREFIX + path: item for path, item in EXTENSIONS.items()})
+    out.update(
+        {RADAR_PREFIX + "/tcp_resets_timeouts" + path: item for path, item in EXTENSIONS.items()}
+    )
+    return out
+
+
+API_ROOTS = (PREFIX + "/", RADAR_PREFIX + "/")
+"""Paths under these answer unknown endpoints with a 404 in the envelope, not plain text."""
+
+
+def not_found(path: str) -> Response:
+    known = ", ".join(sorted(paths()))
+    return _json(envelope.failure(404, f"{path}: no such endpoint (known: {known})"), 404)
 
 
 def routes(
@@ -398,16 +486,13 @@ def routes(
     def bind(render: Renderer, prefix: str) -> Route:
         def handle(query: Query) -> Response:
             moment = now()
+            retention = history.retention
             try:
-                start, end = parse(query, moment, prefix).bounds
+                start, end = parse(query, moment, prefix, retention).bounds
             except ApiError as err:
                 return error(err)
-            return render(history.snapshot(start, end), query, moment, probability())
+            return render(history.snapshot(start, end), query, moment, probability(), retention)
 
         return handle
 
-    return {
-        SUMMARY: bind(summary, "summary"),
-        TIMESERIES: bind(timeseries_groups, "serie"),
-        TAGS: bind(tags, "tags"),
-    }
+    return {path: bind(render, prefix) for path, (render, prefix) in paths().items()}

@@ -11,11 +11,24 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from . import confidence
 from .classify import Stage
 from .summary import percent_shares
 from .tally import Tally
 
 NORMALIZATION = "PERCENTAGE"
+UNITS = [{"name": "*", "value": "percentage"}]
+"""Every share is a percentage of the classified connections of its series."""
+
+
+def radar_meta(classified: int) -> dict[str, Any]:
+    """The `meta` fields Radar's clients require besides the dates: `units` and
+    `confidenceInfo`, its level from the sample size by the one rule (confidence.py)."""
+    return {
+        "units": UNITS,
+        "confidenceInfo": {"level": confidence.level(classified), "annotations": []},
+        "tooSmallToTrust": confidence.too_small(classified),
+    }
 
 
 def success(result: Mapping[str, Any]) -> dict[str, Any]:
@@ -48,10 +61,12 @@ def counts(tally: Tally) -> dict[str, Any]:
 
 
 def summary(meta: Mapping[str, Any], series: Mapping[str, Tally]) -> dict[str, Any]:
-    """A summary answer: `meta` (with `normalization` and `counts` added) and each series'
-    shares under its key."""
+    """A summary answer: `meta` (with `normalization`, Radar's required fields judged on the
+    main series, and `counts` added) and each series' shares under its key."""
+    main = next(iter(series.values()), Tally())
     full = {
         "normalization": NORMALIZATION,
+        **radar_meta(main.classified),
         **meta,
         "counts": {key: counts(tally) for key, tally in series.items()},
     }

@@ -1,4 +1,5 @@
-"""Counts of judged and excluded flows in 15-minute buckets, kept for 7 days and saved to disk.
+"""Counts of judged and excluded flows in 15-minute buckets, kept for the retention (28 days
+by default) and saved to disk.
 
 `History` is a sink like `metrics.FlowCounts`. Each flow lands in the bucket of its last
 packet's wall-clock time (the same `last_ts` the records carry), aligned to multiples of
@@ -30,7 +31,8 @@ from .tally import RowsError, Tally
 log = logging.getLogger("resetwatch")
 
 BUCKET_SECONDS = 900
-RETENTION_SECONDS = 7 * 86400
+RETENTION_SECONDS = 28 * 86400
+"""The default retention (the `retention_days` setting): Radar's longest common range."""
 FILE_NAME = "history.json"
 FORMAT = "resetwatch-history"
 VERSION = 2
@@ -61,8 +63,12 @@ class History(CountingOutput):
     """An output keeping counts per 15-minute bucket; `to_wall` maps a flow's clock to epoch
     seconds (the live agent's flow clock is monotonic)."""
 
-    def __init__(self, to_wall: Callable[[float], float] = float) -> None:
+    def __init__(
+        self, to_wall: Callable[[float], float] = float, retention: int = RETENTION_SECONDS
+    ) -> None:
         self._to_wall = to_wall
+        self.retention = retention
+        """Seconds of buckets kept (a multiple of BUCKET_SECONDS)."""
         self._buckets: dict[int, Tally] = {}
         self._lock = threading.Lock()
         # The bucket most flows go to (the current one), found without arithmetic or lookup:
@@ -92,8 +98,8 @@ class History(CountingOutput):
             self._lock.release()
 
     def prune(self, now: float) -> int:
-        """Drop buckets that ended more than `RETENTION_SECONDS` before `now`; how many."""
-        oldest = bucket_start(now - RETENTION_SECONDS)
+        """Drop buckets that ended more than the retention before `now`; how many."""
+        oldest = bucket_start(now - self.retention)
         with self._lock:
             old = [start for start in self._buckets if start < oldest]
             for start in old:

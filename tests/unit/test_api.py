@@ -64,13 +64,18 @@ RANGES = [
     ("dateRange=7d", [("2026-11-15T10:15:00", "2026-11-22T10:15:00")]),
     ("dateRange=1w", [("2026-11-15T10:15:00", "2026-11-22T10:15:00")]),
     ("dateRange=1D", [("2026-11-21T10:15:00", "2026-11-22T10:15:00")]),
-    ("dateRange=1dControl", [("2026-11-20T10:15:00", "2026-11-21T10:15:00")]),
+    # Control: the same window shifted back by its length rounded up to whole weeks.
+    ("dateRange=1dControl", [("2026-11-14T10:15:00", "2026-11-15T10:15:00")]),
+    ("dateRange=7dControl", [("2026-11-08T10:15:00", "2026-11-15T10:15:00")]),
+    ("dateRange=10dControl", [("2026-10-29T10:15:00", "2026-11-08T10:15:00")]),
+    ("dateRange=28d", [("2026-10-25T10:15:00", "2026-11-22T10:15:00")]),
+    ("dateRange=4w", [("2026-10-25T10:15:00", "2026-11-22T10:15:00")]),
     ("dateRange=1h,1hControl", [("2026-11-22T09:15:00", "2026-11-22T10:15:00"),
-                                ("2026-11-22T08:15:00", "2026-11-22T09:15:00")]),
-    ("dateRange=1h&dateRange=1d", [("2026-11-22T09:15:00", "2026-11-22T10:15:00"),
-                                   ("2026-11-21T10:15:00", "2026-11-22T10:15:00")]),
+                                ("2026-11-15T09:15:00", "2026-11-15T10:15:00")]),
+    ("dateRange=1d&dateRange=1dControl", [("2026-11-21T10:15:00", "2026-11-22T10:15:00"),
+                                          ("2026-11-14T10:15:00", "2026-11-15T10:15:00")]),
     ("dateStart=2026-11-22T08:05:00Z&dateEnd=2026-11-22T09:50:00Z",
-     [("2026-11-22T08:00:00", "2026-11-22T10:00:00")]),  # grown to whole buckets
+     [("2026-11-22T08:00:00", "2026-11-22T09:45:00")]),  # both floored to 15 minutes
     ("dateStart=2026-11-22T09:00:00%2B01:00&dateEnd=2026-11-22T10:00:00%2B01:00",
      [("2026-11-22T08:00:00", "2026-11-22T09:00:00")]),
     ("dateStart=2026-11-22T09:00:00+01:00", [("2026-11-22T08:00:00", "2026-11-22T10:15:00")]),
@@ -79,7 +84,7 @@ RANGES = [
     ("dateEnd=2026-11-22T06:00:00Z", [("2026-11-21T06:00:00", "2026-11-22T06:00:00")]),
     ("dateStart=2026-11-22T10:00:00Z&dateEnd=2030-01-01T00:00:00Z",
      [("2026-11-22T10:00:00", "2026-11-22T10:15:00")]),  # the end stops at now's bucket
-    ("dateStart=2026-11-15T10:07:30Z", [("2026-11-15T10:15:00", "2026-11-22T10:15:00")]),
+    ("dateStart=2026-11-15T10:07:30Z", [("2026-11-15T10:00:00", "2026-11-22T10:15:00")]),
     ("dateStart=2026-11-22T08:00:00Z,2026-11-22T09:00:00Z"
      "&dateEnd=2026-11-22T08:30:00Z,2026-11-22T09:30:00Z",
      [("2026-11-22T08:00:00", "2026-11-22T08:30:00"),
@@ -101,9 +106,16 @@ def test_date_ranges(text: str, want: list[tuple[str, str]]) -> None:
 
 ERRORS = [
     ("dateRange=9x", "dateRange", "'9x' is not a range"),
-    ("dateRange=8d", "dateRange", "beyond the 7 days"),
-    ("dateRange=2w", "dateRange", "beyond the 7 days"),
-    ("dateRange=4dControl", "dateRange", "beyond the 7 days"),
+    ("dateRange=29d", "dateRange", "beyond the 28 days"),
+    ("dateRange=5w", "dateRange", "beyond the 28 days"),
+    ("dateRange=15dControl", "dateRange", "reaches back 36 days, beyond the 28 days"),
+    ("dateRange=1h,1d", "dateRange", "same duration as the first (1h)"),
+    ("dateStart=2026-11-22T08:00:00Z,2026-11-22T09:00:00Z"
+     "&dateEnd=2026-11-22T08:30:00Z,2026-11-22T10:00:00Z", "dateStart", "same duration"),
+    ("dateEnd=0001-01-01", "dateEnd", "outside 1970 to 9998"),
+    ("dateStart=9999-12-31T23:59:59-14:00", "dateStart", "outside 1970 to 9998"),
+    ("dateStart=0001-01-01T00:00:00%2B14:00", "dateStart", "outside 1970 to 9998"),
+    ("dateEnd=1969-12-31T23:00:00Z", "dateEnd", "outside 1970"),
     ("dateRange=10m", "dateRange", "multiple of 15m"),
     ("dateRange=0h", "dateRange", "multiple of 15m"),
     ("dateRange=1d&dateStart=2026-11-22T00:00:00Z", "dateRange", "not both"),
@@ -112,8 +124,8 @@ ERRORS = [
     ("dateEnd=2026-13-01T00:00:00Z&dateStart=2026-11-22T00:00:00Z", "dateEnd", "ISO 8601"),
     ("dateStart=2026-11-22T09:00:00Z&dateEnd=2026-11-22T08:00:00Z", "dateStart", "not before"),
     ("dateStart=2026-11-22T09:00:00Z&dateEnd=2026-11-22T09:00:00Z", "dateStart", "not before"),
-    ("dateStart=2026-11-10T00:00:00Z", "dateStart", "older than the 7 days"),
-    ("dateEnd=2026-11-15T12:00:00Z", "dateEnd", "older than the 7 days"),
+    ("dateStart=2026-10-20T00:00:00Z", "dateStart", "older than the 28 days"),
+    ("dateEnd=2026-10-24T12:00:00Z", "dateEnd", "older than the 28 days"),
     ("dateStart=2026-11-23T00:00:00Z&dateEnd=2026-11-24T00:00:00Z", "dateStart", "future"),
     ("dateStart=2026-11-22T01:00:00Z,2026-11-22T02:00:00Z&dateEnd=2026-11-22T03:00:00Z",
      "dateEnd", "1 values for 2"),
@@ -127,7 +139,7 @@ ERRORS = [
     ("name=a,b", "name", "2 names for 1 series"),
     ("name=meta", "name", "cannot name a series"),
     ("name=" + "x" * 65, "name", "at most 64"),
-    ("dateRange=1h,2h&name=x,x", "name", "names two series"),
+    ("dateRange=1h,1hControl&name=x,x", "name", "names two series"),
 ]  # fmt: skip
 
 
@@ -149,7 +161,7 @@ def test_refusals_are_400_naming_the_parameter(
     "render,key", [(api.summary, "summary_1"), (api.timeseries_groups, "serie_1")]
 )
 def test_a_name_cannot_take_another_series_default_key(render: Any, key: str) -> None:
-    status, _, body = call(render, sample(), f"dateRange=1h,2h&name={key}")
+    status, _, body = call(render, sample(), f"dateRange=1h,1hControl&name={key}")
     assert status == 400
     assert body["errors"][0]["message"] == f"name: {key!r} names two series"
 
@@ -197,10 +209,11 @@ def test_summary_over_seven_days_holds_everything() -> None:
 
 
 def test_name_labels_the_series() -> None:
-    _, _, body = call(api.summary, sample(), "dateRange=1h,1d&name=main")
+    _, _, body = call(api.summary, sample(), "dateRange=1d,1dControl&name=main")
     assert [k for k in body["result"] if k != "meta"] == ["main", "summary_1"]
     assert set(body["result"]["meta"]["counts"]) == {"main", "summary_1"}
-    assert body["result"]["meta"]["counts"]["summary_1"]["classified"] == 11
+    assert body["result"]["meta"]["counts"]["main"]["classified"] == 11
+    assert body["result"]["meta"]["counts"]["summary_1"]["classified"] == 0
 
 
 def test_no_flows_gives_zero_shares() -> None:
@@ -220,10 +233,10 @@ def test_shares_sum_to_exactly_100(counts: list[int]) -> None:
 
 def test_summary_csv_parses() -> None:
     history = sample()
-    status, ctype, text = call(api.summary, history, "dateRange=1h,1d&format=CSV")
+    status, ctype, text = call(api.summary, history, "dateRange=1d,1dControl&format=CSV")
     assert (status, ctype) == (200, "text/csv; charset=utf-8")
     rows = list(csv.DictReader(io.StringIO(text)))
-    _, _, body = call(api.summary, history, "dateRange=1h,1d")
+    _, _, body = call(api.summary, history, "dateRange=1d,1dControl")
     assert [r["serie"] for r in rows] == ["summary_0", "summary_1"]
     for row, key in zip(rows, ["summary_0", "summary_1"]):
         assert {f: row[f] for f in FIELDS} == body["result"][key]
@@ -344,7 +357,11 @@ def test_tags_csv_parses() -> None:
 def test_routes_read_the_live_history() -> None:
     history = sample()
     routes = api.routes(history, lambda: NOW, lambda: 0.5)
-    assert set(routes) == {api.SUMMARY, api.TIMESERIES, api.TAGS}
+    radar = "/client/v4/radar/tcp_resets_timeouts"
+    assert set(routes) == {api.SUMMARY, api.TIMESERIES, api.TAGS, radar + "/summary",
+                           radar + "/timeseries_groups", radar + "/tags"}
+    _, _, twin = routes[radar + "/summary"](query("dateRange=1h"))
+    assert json.loads(twin) == json.loads(routes[api.SUMMARY](query("dateRange=1h"))[2])
     status, _, body = routes[api.SUMMARY](query("dateRange=1h"))
     assert status == 200
     assert json.loads(body)["result"]["meta"]["samplingProbability"] == 0.5
