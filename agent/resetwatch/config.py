@@ -156,7 +156,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("nflog_buffer_max", 64 << 20, "largest NFLOG receive buffer to grow to, in bytes",
             _integer(1 << 16, 1 << 30), "BYTES"),
     Setting("state_dir", "/var/lib/resetwatch",
-            "directory for state kept across restarts (the 7-day history); empty: none",
+            "directory for state kept across restarts (the 28-day history); empty: none",
             _path_or_empty, "DIR"),
 )
 BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
