@@ -29,6 +29,7 @@ from . import envelope
 from .classify import Category, Tag
 from .history import BUCKET_SECONDS, RETENTION_SECONDS, History, Snapshot
 from .server import Response, Route
+from .signature import Signature
 from .summary import percent_shares
 from .tally import Tally
 
@@ -38,6 +39,7 @@ PREFIX = "/api/v1"
 SUMMARY = PREFIX + "/tcp_resets_timeouts/summary"
 TIMESERIES = PREFIX + "/tcp_resets_timeouts/timeseries_groups"
 TAGS = PREFIX + "/tags"
+SIGNATURES = PREFIX + "/signatures"
 
 DEFAULT_RANGE = "1d"
 """The range when the query names none (our choice; Radar's own default is not documented)."""
@@ -441,6 +443,47 @@ def tags(
     return _json(envelope.success({"meta": meta, "tags": rows}))
 
 
+def signature_rows(total: Tally) -> list[dict[str, Any]]:
+    """Each signature's count and its share of all judged flows and of the anomalous ones
+    (the paper's two views), in the enum's order."""
+    classified, anomalous = total.classified, total.anomalous
+    return [
+        {
+            "signature": signature.value,
+            "notation": signature.doc,
+            "count": count,
+            "share": tag_share(count, classified),
+            "anomalousShare": tag_share(count, anomalous) if signature is not Signature.NONE
+            else None,
+        }
+        for signature, count in total.signatures().items()
+    ]
+
+
+def signatures(
+    snapshot: Snapshot, query: Query, now: float, probability: float,
+    retention: int = RETENTION_SECONDS,
+) -> Response:
+    """`/signatures`: each of the paper's 19 tampering signatures (and `none`) in one range:
+    count, share of the judged connections, share of the anomalous ones."""
+    try:
+        request = parse(query, now, "signatures", retention)
+        if len(request.spans) > 1:
+            raise ApiError("dateRange", f"{SIGNATURES} takes one range, not {len(request.spans)}")
+    except ApiError as err:
+        return error(err)
+    span = request.spans[0]
+    total = snapshot.total(span.start, span.end)
+    rows = signature_rows(total)
+    if request.csv:
+        header = ["signature", "notation", "count", "share", "anomalousShare"]
+        return _csv(header, [[r[h] if r[h] is not None else "" for h in header] for r in rows])
+    meta = {"normalization": envelope.NORMALIZATION, **_meta(request, now, probability, total)}
+    meta["counts"] = envelope.counts(total)
+    meta["anomalous"] = total.anomalous
+    return _json(envelope.success({"meta": meta, "signatures": rows}))
+
+
 Renderer = Callable[[Snapshot, Query, float, float, int], Response]
 
 RADAR_PREFIX = "/client/v4/radar"
@@ -454,6 +497,7 @@ ENDPOINTS: dict[str, tuple[Renderer, str]] = {
 """Radar's endpoints, served under both path families."""
 EXTENSIONS: dict[str, tuple[Renderer, str]] = {
     "/tags": (tags, "tags"),
+    "/signatures": (signatures, "signatures"),
 }
 """Ours: under /api/v1, and beside Radar's under /client/v4/radar/tcp_resets_timeouts."""
 

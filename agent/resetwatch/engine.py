@@ -10,6 +10,7 @@ from .classify import classify
 from .event import FlowEvent, Output
 from .flows import Exclusion, Flow, FlowTable
 from .packet import Invalid
+from .signature import signature_of
 
 # NamedTuple's generated __new__ is a Python function; one event per flow is built directly.
 _new_event = tuple.__new__
@@ -44,9 +45,10 @@ class Engine:
     def _finished(self, flow: Flow, excluded: Optional[Exclusion]) -> None:
         family = "4" if len(flow.key) == 12 else "6"
         if excluded is None:
-            event = _new_event(FlowEvent, (flow, family, classify(flow), None))
+            verdict = classify(flow)
+            event = _new_event(FlowEvent, (flow, family, verdict, None, signature_of(verdict)))
         else:
-            event = _new_event(FlowEvent, (flow, family, None, excluded))
+            event = _new_event(FlowEvent, (flow, family, None, excluded, None))
         for output in self.outputs:
             output.write(event)
 

@@ -17,6 +17,7 @@ from typing import NamedTuple, Optional, Protocol
 
 from .classify import Verdict
 from .flows import Exclusion, Flow
+from .signature import Signature, signature_of
 
 
 class FlowEvent(NamedTuple):
@@ -29,6 +30,8 @@ class FlowEvent(NamedTuple):
     """The classifier's verdict; None for an excluded flow."""
     excluded: Optional[Exclusion]
     """Why the flow was counted but not classified; None for a judged flow."""
+    signature: Optional[Signature] = None
+    """The paper's tampering signature of the verdict (signature.py); None when excluded."""
 
 
 def family_of(flow: Flow) -> str:
@@ -71,9 +74,9 @@ class CountingOutput:
 
 def judged_event(flow: Flow, verdict: Verdict) -> FlowEvent:
     """The event of a judged flow (for callers outside the engine: tests, tools)."""
-    return FlowEvent(flow, family_of(flow), verdict, None)
+    return FlowEvent(flow, family_of(flow), verdict, None, signature_of(verdict))
 
 
 def excluded_event(flow: Flow, reason: Exclusion) -> FlowEvent:
     """The event of an excluded flow."""
-    return FlowEvent(flow, family_of(flow), None, reason)
+    return FlowEvent(flow, family_of(flow), None, reason, None)

@@ -25,6 +25,7 @@ from .classify import Category, Outcome, Stage, Tag
 from .event import CountingOutput, FlowEvent
 from .flows import Exclusion
 from .packet import Invalid
+from .signature import Signature, signature_of
 from .tally import FAMILIES, Tally
 
 NFLOG_LOSS_REASONS = {
@@ -57,6 +58,12 @@ class FlowCounts(CountingOutput):
     def outcomes(self) -> dict[tuple[str, Stage, Outcome], int]:
         out = {(f, s, o): 0 for f in FAMILIES for s in Stage for o in Outcome}
         out.update(self.tally.group(lambda k: (k.family, k.verdict.stage, k.verdict.outcome)))
+        return out
+
+    def signatures(self) -> dict[tuple[str, Signature], int]:
+        out = {(f, sig): 0 for f in FAMILIES for sig in Signature}
+        for key, count in self.tally.judged.copy().items():
+            out[key.family, signature_of(key.verdict) or Signature.NONE] += count
         return out
 
     def tags(self) -> dict[tuple[str, Category, Tag], int]:
@@ -126,6 +133,16 @@ class AgentCollector(Collector):
         )
         for (family, category, tag), value in counts.tags().items():
             m.add_metric([family, category.value, tag.value], value)
+        yield m
+
+        m = CounterMetricFamily(
+            "resetwatch_connection_signatures",
+            "Judged connections by the SIGCOMM '23 paper's tampering signature (exactly one "
+            "each; none for the rest). " + " ".join(f"{s.value}: {s.doc}." for s in Signature),
+            labels=["family", "signature"],
+        )
+        for (family, signature), value in counts.signatures().items():
+            m.add_metric([family, signature.value], value)
         yield m
 
         m = CounterMetricFamily(

@@ -14,6 +14,7 @@ from .config import SETTINGS, _toml_value
 from .docenum import DocEnum
 from .flows import Exclusion
 from .packet import Invalid
+from .signature import Signature
 
 
 def _enum_table(members: Iterable[DocEnum], header: str = "value") -> str:
@@ -28,6 +29,11 @@ def tag_table() -> str:
         kind = "extension" if tag.extension else "published"
         rows.append(f"| `{tag.value}` | {parent} | {kind} | {tag.doc} |")
     return "\n".join(["| tag | parent | list | condition |", "|---|---|---|---|", *rows])
+
+
+def signature_table() -> str:
+    rows = [f"| `{s.value}` | {s.doc} |" for s in Signature]
+    return "\n".join(["| signature | the paper's notation |", "|---|---|", *rows])
 
 
 def settings_table() -> str:
@@ -58,6 +64,7 @@ BLOCKS = {
     "outcomes": lambda: _enum_table(Outcome, "outcome"),
     "categories": lambda: _enum_table(Category, "category"),
     "tags": tag_table,
+    "signatures": signature_table,
     "exclusions": lambda: _enum_table(Exclusion, "reason"),
     "invalid": lambda: _enum_table(Invalid, "reason"),
     "settings": settings_table,

@@ -6,12 +6,30 @@ from collections.abc import Iterable, Mapping
 from typing import Optional
 
 from .classify import Category, Tag
+from .signature import Signature
 from .summary import percent_shares, share_cell
 from .tally import Tally
 
 
 def _bar(share: float, width: int = 30) -> str:
     return "#" * round(share / 100 * width)
+
+
+def signature_lines(tally: Tally) -> list[str]:
+    """The paper's view: each signature seen, its share of judged and of anomalous flows."""
+    counts = {s: n for s, n in tally.signatures().items() if n and s is not Signature.NONE}
+    if not counts:
+        return []
+    classified, anomalous = tally.classified, tally.anomalous
+    lines = ["", f"  {'signature':<20}{'flows':>8}{'of judged':>11}{'of anomalous':>14}  notation"]
+    for signature, count in counts.items():
+        judged = 100.0 * count / classified if classified else 0.0
+        of_anomalous = 100.0 * count / anomalous if anomalous else 0.0
+        lines.append(
+            f"    {signature.value:<18}{count:>8,}{judged:>10.2f}%{of_anomalous:>13.2f}%"
+            f"  {signature.doc}"
+        )
+    return lines
 
 
 def summary_table(
@@ -54,6 +72,7 @@ def summary_table(
             if count:
                 ratio = 100.0 * count / classified if classified else 0.0
                 lines.append(f"    {tag.value:<16}{count:>10,}{ratio:>14.2f}%")
+    lines.extend(signature_lines(tally))
     if invalid:
         bad = {k: v for k, v in invalid.items() if v}
         if bad:

@@ -19,6 +19,7 @@ from typing import Any, Callable, NamedTuple, Optional, TypeVar
 from .classify import Category, Outcome, Stage, Tag, Verdict
 from .event import FlowEvent
 from .flows import Exclusion
+from .signature import Signature, signature_of
 
 FAMILIES = ("4", "6")
 """Label values of `family`. History written before families were kept has family ""."""
@@ -145,6 +146,18 @@ class Tally:
         for (_, tag), count in self.tags().items():
             out[tag] += count
         return out
+
+    def signatures(self) -> dict[Signature, int]:
+        """Judged flows per tampering signature (derived from the verdict), every one present."""
+        out = dict.fromkeys(Signature, 0)
+        for key, count in self.judged.copy().items():
+            out[signature_of(key.verdict) or Signature.NONE] += count
+        return out
+
+    @property
+    def anomalous(self) -> int:
+        """Judged flows in a category other than `no_match`."""
+        return self.classified - self.categories()[Category.NO_MATCH]
 
     def excluded_by(self) -> dict[Exclusion, int]:
         """Excluded flows per reason, every reason present."""

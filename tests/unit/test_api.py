@@ -358,8 +358,9 @@ def test_routes_read_the_live_history() -> None:
     history = sample()
     routes = api.routes(history, lambda: NOW, lambda: 0.5)
     radar = "/client/v4/radar/tcp_resets_timeouts"
-    assert set(routes) == {api.SUMMARY, api.TIMESERIES, api.TAGS, radar + "/summary",
-                           radar + "/timeseries_groups", radar + "/tags"}
+    assert set(routes) == {api.SUMMARY, api.TIMESERIES, api.TAGS, api.SIGNATURES,
+                           radar + "/summary", radar + "/timeseries_groups", radar + "/tags",
+                           radar + "/signatures"}
     _, _, twin = routes[radar + "/summary"](query("dateRange=1h"))
     assert json.loads(twin) == json.loads(routes[api.SUMMARY](query("dateRange=1h"))[2])
     status, _, body = routes[api.SUMMARY](query("dateRange=1h"))
