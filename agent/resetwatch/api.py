@@ -391,6 +391,17 @@ def timeseries_groups(
     return _json(envelope.success(result))
 
 
+def _one_range(
+    snapshot: Snapshot, query: Query, now: float, prefix: str, retention: int, path: str
+) -> tuple[Request, Tally]:
+    """The request of an endpoint that answers for one range, and the range's total."""
+    request = parse(query, now, prefix, retention)
+    if len(request.spans) > 1:
+        raise ApiError("dateRange", f"{path} takes one range, not {len(request.spans)}")
+    span = request.spans[0]
+    return request, snapshot.total(span.start, span.end)
+
+
 def tag_share(count: int, classified: int) -> str:
     """`count` as a percent of `classified`, written like the category shares."""
     return percent_shares({"tag": count, "rest": max(0, classified - count)})["tag"]
@@ -403,13 +414,9 @@ def tags(
     """`/tags`: each tag's count in one range, by category, and its share of the classified
     connections (a connection carries several tags, so the shares do not sum to 100)."""
     try:
-        request = parse(query, now, "tags", retention)
-        if len(request.spans) > 1:
-            raise ApiError("dateRange", f"{TAGS} takes one range, not {len(request.spans)}")
+        request, total = _one_range(snapshot, query, now, "tags", retention, TAGS)
     except ApiError as err:
         return error(err)
-    span = request.spans[0]
-    total = snapshot.total(span.start, span.end)
     classified = total.classified
     tag_counts = total.tags()
     rows = []
@@ -467,13 +474,9 @@ def signatures(
     """`/signatures`: each of the paper's 19 tampering signatures (and `none`) in one range:
     count, share of the judged connections, share of the anomalous ones."""
     try:
-        request = parse(query, now, "signatures", retention)
-        if len(request.spans) > 1:
-            raise ApiError("dateRange", f"{SIGNATURES} takes one range, not {len(request.spans)}")
+        request, total = _one_range(snapshot, query, now, "signatures", retention, SIGNATURES)
     except ApiError as err:
         return error(err)
-    span = request.spans[0]
-    total = snapshot.total(span.start, span.end)
     rows = signature_rows(total)
     if request.csv:
         header = ["signature", "notation", "count", "share", "anomalousShare"]
