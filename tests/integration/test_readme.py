@@ -14,7 +14,7 @@ What is not literal, and why:
   (the table SKIPPED says which); `resetwatch demo --help` stands in for the demo.
 
 A command added to the README and not known here fails `test_every_readme_command_is_known`.
-Waits are limits, never asserted on.
+The clone is of HEAD: commit first. Waits are limits, never asserted on.
 """
 
 from __future__ import annotations
@@ -52,6 +52,37 @@ SKIPPED = {
     "sudo systemctl reload resetwatch": "needs the installed service (test_install.py)",
     "sudo deploy/install.sh --uninstall": "tests/integration/test_install.py",
 }
+
+INSTALL = [
+    "python3 -m venv .venv",
+    ".venv/bin/pip install -e .",
+    ".venv/bin/pip install -e '.[demo]'",
+    ".venv/bin/pip install -e '.[test]'",
+]
+REPLAY = [
+    "resetwatch replay tests/fixtures/lab_mixed_v4v6.pcap --close-linger 1 --idle-timeout 5",
+    "resetwatch replay tests/fixtures/lab_mixed_v4v6.pcap --format json",
+    "resetwatch replay tests/fixtures/lab_mixed_v4v6.pcap --records flows.jsonl",
+]
+RUN = "sudo resetwatch run --probability 0.0001 --listen 127.0.0.1:9824"
+CURL_SUMMARY = "curl -s 'localhost:9824/api/v1/tcp_resets_timeouts/summary?dateRange=1d'"
+CURL_CSV = ("curl -s 'localhost:9824/api/v1/tcp_resets_timeouts/timeseries_groups"
+            "?dateRange=7d&format=csv'")
+ASSETS = "resetwatch assets write resetwatch-assets"
+COVERED = [
+    "sudo ./dev test",
+    "sudo ./dev run",
+    *INSTALL,
+    *REPLAY,
+    RUN,
+    "sudo resetwatch rules check",
+    "resetwatch status",
+    "resetwatch status --range 1d --format json",
+    CURL_SUMMARY,
+    CURL_CSV,
+    ASSETS,
+]
+"""The README commands this test runs (`sudo ./dev test` with a quick test file)."""
 
 
 def readme_commands() -> list[str]:
@@ -151,25 +182,6 @@ def test_every_readme_command_is_known() -> None:
     assert [c for c in known if c not in readme_commands()] == []
 
 
-COVERED = [
-    "sudo ./dev test",
-    "sudo ./dev run",
-    "python3 -m venv .venv",
-    ".venv/bin/pip install -e .",
-    ".venv/bin/pip install -e '.[demo]'",
-    ".venv/bin/pip install -e '.[test]'",
-    "resetwatch replay tests/fixtures/lab_mixed_v4v6.pcap --close-linger 1 --idle-timeout 5",
-    "resetwatch replay tests/fixtures/lab_mixed_v4v6.pcap --format json",
-    "resetwatch replay tests/fixtures/lab_mixed_v4v6.pcap --records flows.jsonl",
-    "sudo resetwatch run --probability 0.0001 --listen 127.0.0.1:9824",
-    "sudo resetwatch rules check",
-    "resetwatch status",
-    "resetwatch status --range 1d --format json",
-    "curl -s 'localhost:9824/api/v1/tcp_resets_timeouts/summary?dateRange=1d'",
-    "curl -s 'localhost:9824/api/v1/tcp_resets_timeouts/timeseries_groups?dateRange=7d&format=csv'",
-    "resetwatch assets write resetwatch-assets",
-]
-
 
 def test_the_readme_as_a_newcomer_runs_it(newcomer: Newcomer) -> None:
     n = newcomer
@@ -184,7 +196,7 @@ def test_the_readme_as_a_newcomer_runs_it(newcomer: Newcomer) -> None:
     assert n.run("command -v resetwatch").stdout.strip() == str(link)
 
     # Install from the checkout, every extra (on the host: pip may need the package index).
-    for command in COVERED[2:6]:
+    for command in INSTALL:
         n.run(command)
 
     # `sudo ./dev run`: one line each at start (metrics, API, state) and at stop.
@@ -199,7 +211,7 @@ def test_the_readme_as_a_newcomer_runs_it(newcomer: Newcomer) -> None:
 
     # The agent as the README's `run` block starts it, then what talks to it.
     log = n.clone.parent / "run.log"
-    proc, _ = n.start(COVERED[9] + f" --state-dir {n.state}", log)
+    proc, _ = n.start(RUN + f" --state-dir {n.state}", log)
     try:
         check = n.run("sudo resetwatch rules check", in_ns=True)
         assert "resetwatch rules: installed as configured" in check.stdout
@@ -211,25 +223,25 @@ def test_the_readme_as_a_newcomer_runs_it(newcomer: Newcomer) -> None:
             assert row in table, table
         doc = json.loads(n.run("resetwatch status --range 1d --format json", in_ns=True).stdout)
         assert doc["range"] == "1d" and doc["health"]["rulesPresent"] == 1
-        summary = json.loads(n.run(COVERED[13], in_ns=True).stdout)
+        summary = json.loads(n.run(CURL_SUMMARY, in_ns=True).stdout)
         assert summary["success"] is True and "summary_0" in summary["result"]
-        csv = n.run(COVERED[14], in_ns=True).stdout.splitlines()
+        csv = n.run(CURL_CSV, in_ns=True).stdout.splitlines()
         assert csv[0].startswith("serie,timestamp,post_syn,") and len(csv) > 1, csv[:3]
     finally:
         text = n.stop(proc, log)
     assert "rules removed" in text
 
     # Offline: the committed capture, three ways.
-    summary_table = n.run(COVERED[6]).stdout
+    summary_table = n.run(REPLAY[0]).stdout
     assert "classified flows:     33" in summary_table and "post_psh" in summary_table
-    radar = json.loads(n.run(COVERED[7]).stdout)
+    radar = json.loads(n.run(REPLAY[1]).stdout)
     assert radar["success"] is True
-    n.run(COVERED[8])
+    n.run(REPLAY[2])
     records = (n.clone / "flows.jsonl").read_text().splitlines()
     assert len(records) == 34 and all(json.loads(line) for line in records)
 
     # The deploy assets, equal to the repository's own files.
-    n.run(COVERED[15])
+    n.run(ASSETS)
     written = n.clone / "resetwatch-assets"
     assert (written / "systemd/resetwatch.service").read_text() == (
         n.clone / "systemd/resetwatch.service").read_text()
