@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import IO, Any, Callable, NoReturn, Optional
 
-from . import __version__
+from . import __version__, assets
 
 EXIT_USAGE = 2
 
@@ -543,6 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_rules(sub)
     _add_replay(sub)
     _add_status(sub)
+    assets.add_command(sub)
     _add_demo(sub)
     return parser
 

@@ -209,11 +209,16 @@ class Agent:
             api.routes(self.history, self.wall_now, lambda: self.health.probability)
         )
         self.http.start()
+        address = f"{config.listen.rpartition(':')[0]}:{self.http.port}"  # port 0: the real one
         log.info(
-            "started: sampling %g of new TCP connections, NFLOG group %d, metrics on http://%s/metrics",
+            "started: sampling %g of new TCP connections, NFLOG group %d, metrics on "
+            "http://%s/metrics, API on http://%s%s, state in %s",
             config.probability,
             config.nflog_group,
-            config.listen,
+            address,
+            address,
+            api.PREFIX,
+            config.state_dir or "memory only (state_dir is empty)",
         )
         self.notifier.ready(self.status_line())
 
@@ -390,11 +395,15 @@ class Agent:
             self._writer.flush()
         self._close_records()
         self.save_history()
+        rules = "not managed (no_rules)" if self.config.no_rules else "not installed"
+        if self.backend is not None:
+            rules = "kept (keep_rules)" if self.config.keep_rules else "removed"
         if self.backend is not None and not self.config.keep_rules:
             try:
                 self.backend.remove()
             except RulesError as error:
                 log.error("could not remove the rules: %s", error)
+                rules = "NOT removed (see above)"
         self.health.rules_present = False
         if self.source is not None:
             self.source.close()
@@ -403,6 +412,12 @@ class Agent:
             self.http.stop()
             self.http = None
         self.notifier.close()
+        log.info(
+            "stopped: %d flows judged, %d excluded, rules %s",
+            sum(self.counts.connections.values()),
+            sum(self.counts.excluded_by.values()),
+            rules,
+        )
 
     def save_history(self) -> None:
         """Save the history file (never raises: a failure is logged and counted)."""

@@ -19,6 +19,14 @@ from typing import Any
 
 SPIKE_CATEGORIES = ("post_ack", "post_psh")
 
+CAUSES = {
+    "post_ack": "a middlebox dropping or resetting after the handshake (tampering, "
+    "zero-rating), or a broken path",
+    "post_psh": "a middlebox resetting or dropping right after the client's first data packet "
+    "(filtering by server name or Host, tampering), or a path losing large packets (MTU)",
+}
+"""The typical causes each spike alert's description names: the two stages differ."""
+
 
 @dataclass(frozen=True)
 class Windows:
@@ -92,9 +100,8 @@ def rules(w: Windows = Windows()) -> dict[str, Any]:
                     "description": (
                         f"{{{{ $value | humanizePercentage }}}} of sampled connections ended "
                         f"{category.replace('_', '-')} over {w.short}, over {w.factor:g}x the "
-                        f"{w.baseline} baseline. Typical causes: a middlebox dropping or "
-                        "resetting after the handshake (tampering, zero-rating), or a broken "
-                        "path. See docs/operations.md."
+                        f"{w.baseline} baseline. Typical causes: {CAUSES[category]}. See "
+                        "docs/operations.md."
                     ),
                 },
             }

@@ -148,6 +148,14 @@ class Status:
         }
 
 
+def _last_packet_age(samples: Samples) -> Optional[float]:
+    """Seconds since the last packet; None when none was ever received (the agent's gauge
+    then counts from its start, which is no packet's age)."""
+    if _one(samples, "resetwatch_nflog_packets_total") == 0:
+        return None
+    return _one(samples, "resetwatch_last_packet_age_seconds")
+
+
 def _health(samples: Samples) -> dict[str, Any]:
     lost = samples.get("resetwatch_nflog_lost_total", {})
     version = next(
@@ -164,7 +172,7 @@ def _health(samples: Samples) -> dict[str, Any]:
         "nflogSocketDrops": _one(samples, "resetwatch_nflog_socket_drops_total"),
         "flowsHeld": _one(samples, "resetwatch_flows_active"),
         "flowsMax": _one(samples, "resetwatch_flows_max"),
-        "lastPacketAgeSeconds": _one(samples, "resetwatch_last_packet_age_seconds"),
+        "lastPacketAgeSeconds": _last_packet_age(samples),
         "historySaveErrors": _one(samples, "resetwatch_history_save_errors_total"),
     }
 
@@ -257,7 +265,8 @@ def table(status: Status) -> str:
         ("rules", _rules(health["rulesPresent"], health["rulesManaged"])),
         ("NFLOG loss", lost_text),
         ("flows held", f"{_int(health['flowsHeld'])} of {_int(health['flowsMax'])}"),
-        ("last packet", _age(health["lastPacketAgeSeconds"])),
+        ("last packet", "no packet yet" if health["nflogPackets"] == 0
+         else _age(health["lastPacketAgeSeconds"])),
     ]
     if health.get("historySaveErrors"):
         rows.append(("history saves failed", f"{_int(health['historySaveErrors'])} (see log)"))

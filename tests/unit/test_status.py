@@ -23,7 +23,7 @@ from .history_data import epoch, exclude, judge
 NOW = epoch("2026-11-22T10:07:30")
 
 
-def serve(with_api: bool = True) -> HttpServer:
+def serve(with_api: bool = True, packets: int = 1234) -> HttpServer:
     history = History()
     judge(history, NOW, Category.POST_ACK, 3, tags=(Tag.RESET, Tag.SINGLE_RSTACK))
     judge(history, NOW - 300, Category.NO_MATCH, 9)
@@ -32,7 +32,7 @@ def serve(with_api: bool = True) -> HttpServer:
     health = AgentHealth(probability=0.001, max_flows=5000, rules_present=True)
     health.flows_active = lambda: 17
     health.last_packet_age = lambda: 2.5
-    health.nflog_packets = 1234
+    health.nflog_packets = packets
     health.nflog_lost["seq_gap"] = 7
     server = HttpServer(("127.0.0.1", 0), build_registry(FlowCounts(), health),
                         lambda: (True, "ok"))  # fmt: skip
@@ -71,6 +71,20 @@ def test_table(agent: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert "7 packets (seq_gap 7)" in out and "of 1,234 received" in out
     assert "flows held:            17 of 5,000" in out
     assert "last packet:           2 s ago" in out or "last packet:           3 s ago" in out
+
+
+def test_no_packet_yet_is_not_an_age(capsys: pytest.CaptureFixture[str]) -> None:
+    """An agent that never received a packet exports the age since its start: not shown."""
+    server = serve(packets=0)
+    try:
+        url = f"http://127.0.0.1:{server.port}"
+        code, out, _ = status(capsys, "--agent", url)
+        json_code, json_out, _ = status(capsys, "--agent", url, "--format", "json")
+    finally:
+        server.stop()
+    assert code == 0 and "last packet:           no packet yet" in out, out
+    assert " s ago" not in out
+    assert json_code == 0 and json.loads(json_out)["health"]["lastPacketAgeSeconds"] is None
 
 
 def test_json(agent: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from resetwatch import cli
 from resetwatch.config import Config
 from resetwatch.daemon import Agent
 from resetwatch.notify import Notifier
@@ -144,6 +146,31 @@ def test_watchdog_pings_stop_when_the_loop_is_stuck(notify_socket) -> None:
     worker.join(10)
     assert "WATCHDOG=1" in messages(sock)
     agent.stop()
+
+
+def test_start_and_stop_each_log_one_line_naming_what_a_newcomer_looks_for(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="resetwatch")
+    agent = Agent(Config(listen="127.0.0.1:0", no_rules=True, state_dir=str(tmp_path)),
+                  open_source=lambda c, k: IdleSource())
+    agent.start()
+    port = agent.http.port if agent.http else 0
+    agent.stop()
+    started, stopped = (r.getMessage() for r in caplog.records)
+    assert f"metrics on http://127.0.0.1:{port}/metrics" in started
+    assert f"API on http://127.0.0.1:{port}/api/v1" in started
+    assert f"state in {tmp_path}" in started
+    assert stopped == "stopped: 0 flows judged, 0 excluded, rules not managed (no_rules)"
+
+
+def test_the_unit_passes_its_state_directory_explicitly() -> None:
+    text = UNIT.read_text()
+    exec_start = next(line for line in text.splitlines() if line.startswith("ExecStart="))
+    assert exec_start.endswith(" --state-dir ${STATE_DIRECTORY}")
+    assert "\nStateDirectory=resetwatch\n" in text
+    args = cli.build_parser().parse_args(["run", "--state-dir", "/var/lib/resetwatch"])
+    assert args.state_dir == "/var/lib/resetwatch"  # the flag the unit gives exists
 
 
 def test_notifier_is_a_no_op_outside_systemd() -> None:

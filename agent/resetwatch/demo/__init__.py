@@ -43,8 +43,10 @@ def missing_requirements() -> Optional[str]:
     problems = []
     if python:
         problems.append(
-            f"Python packages {', '.join(python)}: pip install 'resetwatch[demo]' "
-            "(netfilterqueue builds with gcc, python3-dev and libnetfilter-queue-dev)"
+            # The [demo] extra is not on PyPI: from a checkout it is `.[demo]`.
+            f"Python packages {', '.join(python)}: pip install {' '.join(python)} (in a "
+            "checkout: sudo ./dev demo; netfilterqueue builds with gcc, python3-dev and "
+            "libnetfilter-queue-dev)"
         )
     if broken:
         problems.append(f"{', '.join(broken)} cannot load: apt install libnetfilter-queue1")
