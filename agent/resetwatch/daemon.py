@@ -414,8 +414,8 @@ class Agent:
         self.notifier.close()
         log.info(
             "stopped: %d flows judged, %d excluded, rules %s",
-            sum(self.counts.connections.values()),
-            sum(self.counts.excluded_by.values()),
+            self.counts.tally.classified,
+            self.counts.tally.excluded_total,
             rules,
         )
 

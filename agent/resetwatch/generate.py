@@ -3,8 +3,9 @@
     python -m resetwatch.generate            # rewrite what is out of date, name each file
     python -m resetwatch.generate --check    # exit 1 naming each stale file (the test command)
 
-An artifact is a file whose whole text is made by code (the Prometheus rules, the dashboard,
-the example config), or a document whose `<!-- generated: NAME -->` blocks are (docs/*.md
+An artifact is a deploy asset (assets.ASSETS: the Prometheus rules, the dashboard, the example
+config from their generators; the unit and the rules' promtool tests from the package's data),
+or a document whose `<!-- generated: NAME -->` blocks are (docs/*.md
 and the README; see reference.py). Nothing generated is ever edited by hand: change the
 code, run this, commit both.
 """
@@ -24,26 +25,13 @@ class Artifact(NamedTuple):
     """The file's up-to-date text, given its current text ("" when it does not exist)."""
 
 
-def _whole(render: Callable[[], str]) -> Callable[[str], str]:
-    return lambda _current: render()
+def _asset(name: str) -> Callable[[str], str]:
+    def fresh(_current: str) -> str:
+        from . import assets
 
+        return assets.content(name)
 
-def _prometheus_rules() -> str:
-    from . import promrules
-
-    return promrules.render()
-
-
-def _dashboard() -> str:
-    from . import dashboard
-
-    return dashboard.render()
-
-
-def _example_config() -> str:
-    from .config import example_toml
-
-    return example_toml()
+    return fresh
 
 
 def _blocks(current: str) -> str:
@@ -54,11 +42,11 @@ def _blocks(current: str) -> str:
 
 def artifacts(root: Path) -> list[Artifact]:
     """Everything generated, in the order it is written."""
-    items = [
-        Artifact("deploy/prometheus/resetwatch.rules.yml", _whole(_prometheus_rules)),
-        Artifact("deploy/grafana/resetwatch.json", _whole(_dashboard)),
-        Artifact("deploy/resetwatch.toml", _whole(_example_config)),
-    ]
+    from .assets import ASSETS
+
+    # The deploy assets: rendered by their generators, or copied from the package's data
+    # (the unit, the promtool tests), so the repository and an installed package agree.
+    items = [Artifact(repo_path, _asset(name)) for name, (repo_path, _) in ASSETS.items()]
     documents = sorted(p.relative_to(root).as_posix() for p in root.glob("docs/*.md"))
     items += [Artifact(path, _blocks) for path in [*documents, "README.md"]]
     return items
