@@ -255,7 +255,7 @@ def _v1_rows(
             unit_end += units[unit_index][2]
         stage, outcome, _ = units[unit_index]
         members = sorted(tag for tag, n in tags.items() if n > low)
-        rows.append(["", stage, outcome, category, members, high - low])
+        rows.append(["", stage, outcome, category, members, "", "", high - low])
     return rows
 
 

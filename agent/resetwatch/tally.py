@@ -6,9 +6,11 @@ whole verdict: stage, outcome, category, tags); an excluded flow under (family, 
 Everything else (categories, outcomes, tags per category, shares) is a view folded from those
 counts when it is read, so the per-flow cost is one dict update whatever the views.
 
-Adding a dimension (a client network, say) is one field of `JudgedKey` with a default, filled
-in `key_of`, named in `to_rows`/`from_rows`; every existing view keeps working, and views that
-group by the new field are one `group` call.
+Adding a dimension is one field of `JudgedKey` with a default, filled in `add`, named in
+`to_rows`/`from_rows`: every existing view keeps working, and views that group by the new
+field are one `group` call. The client network (`asn`, `country`) is such a dimension: its
+labels are chosen by the caller, so one output can count all networks (replay `--by`) and
+another only a bounded top N (metrics, history).
 """
 
 from __future__ import annotations
@@ -32,6 +34,11 @@ class JudgedKey(NamedTuple):
 
     family: str
     verdict: Verdict
+    asn: str = ""
+    """The client's network as a label ("AS174", "other"), or "" where networks are not
+    counted (no IP database, or a tally that does not split by network)."""
+    country: str = ""
+    """The client's country as a label ("DE", "other"), or ""."""
 
 
 class ExcludedKey(NamedTuple):
@@ -58,11 +65,12 @@ class Tally:
 
     # ---- writing ------------------------------------------------------------------------
 
-    def add(self, event: FlowEvent) -> None:
-        """Count one finished flow (the per-flow path: one key, one dict update)."""
+    def add(self, event: FlowEvent, asn: str = "", country: str = "") -> None:
+        """Count one finished flow (the per-flow path: one key, one dict update), under the
+        network labels given (the caller chooses them: all networks, or a bounded top N)."""
         verdict = event.verdict
         if verdict is not None:
-            key = _new_key(JudgedKey, (event.family, verdict))
+            key = _new_key(JudgedKey, (event.family, verdict, asn, country))
             judged = self.judged
             judged[key] = judged.get(key, 0) + 1
         elif event.excluded is not None:
@@ -177,12 +185,13 @@ class Tally:
     # ---- (de)serialisation --------------------------------------------------------------
 
     def to_rows(self) -> dict[str, list[list[Any]]]:
-        """Plain JSON: judged rows `[family, stage, outcome, category, [tags], count]` and
-        excluded rows `[family, reason, count]`, names only (never enum reprs)."""
+        """Plain JSON: judged rows `[family, stage, outcome, category, [tags], asn, country,
+        count]` and excluded rows `[family, reason, count]`, names only (never enum reprs)."""
         return {
             "judged": [
                 [k.family, k.verdict.stage.value, k.verdict.outcome.value,
-                 k.verdict.category.value, [t.value for t in k.verdict.tags], n]
+                 k.verdict.category.value, [t.value for t in k.verdict.tags], k.asn, k.country,
+                 n]
                 for k, n in sorted(_nonzero(self.judged).items(), key=_row_order)
             ],
             "excluded": [
@@ -200,11 +209,15 @@ class Tally:
         skipped = 0
         for index, row in enumerate(_list(rows.get("judged", []), f"{where}.judged")):
             at = f"{where}.judged[{index}]"
-            if not isinstance(row, list) or len(row) != 6 or not isinstance(row[4], list):
-                raise RowsError(f"{at}: not [family, stage, outcome, category, [tags], count]")
-            family, stage, outcome, category, tags, count = row
+            if not isinstance(row, list) or len(row) != 8 or not isinstance(row[4], list):
+                raise RowsError(
+                    f"{at}: not [family, stage, outcome, category, [tags], asn, country, count]"
+                )
+            family, stage, outcome, category, tags, asn, country, count = row
             count = _count(count, at)
-            key = _judged_key(family, stage, outcome, category, tags)
+            if not isinstance(asn, str) or not isinstance(country, str):
+                raise RowsError(f"{at}: asn and country are labels (strings)")
+            key = _judged_key(family, stage, outcome, category, tags, asn, country)
             if key is None:
                 skipped += count
             else:
@@ -236,7 +249,8 @@ _EXCLUSIONS = {e.value: e for e in Exclusion}
 
 
 def _judged_key(
-    family: Any, stage: Any, outcome: Any, category: Any, tags: list[Any]
+    family: Any, stage: Any, outcome: Any, category: Any, tags: list[Any], asn: str = "",
+    country: str = "",
 ) -> Optional[JudgedKey]:
     if family not in _FAMILY_NAMES or stage not in _STAGES or outcome not in _OUTCOMES:
         return None
@@ -244,14 +258,14 @@ def _judged_key(
         return None
     members = tuple(sorted((_TAGS[t] for t in set(tags)), key=_TAG_ORDER.__getitem__))
     verdict = Verdict(_STAGES[stage], _OUTCOMES[outcome], _CATEGORIES[category], members)
-    return JudgedKey(family, verdict)
+    return JudgedKey(family, verdict, asn, country)
 
 
 def _row_order(item: tuple[JudgedKey, int]) -> tuple[Any, ...]:
     key = item[0]
     v = key.verdict
     return (key.family, v.stage.value, v.outcome.value, v.category.value,
-            [t.value for t in v.tags])
+            [t.value for t in v.tags], key.asn, key.country)
 
 
 def _nonzero(counts: dict[K, int]) -> dict[K, int]:

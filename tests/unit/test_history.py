@@ -164,8 +164,10 @@ def test_the_document_round_trips() -> None:
 
 def test_unknown_names_are_skipped_not_fatal() -> None:
     doc = to_document(filled().snapshot(), NOW)
-    doc["buckets"][0]["judged"].append(["4", "post_future", "reset", "post_syn", [], 5])
-    doc["buckets"][0]["judged"].append(["6", "post_syn", "reset", "post_syn", ["new_tag"], 2])
+    doc["buckets"][0]["judged"].append(["4", "post_future", "reset", "post_syn", [], "", "", 5])
+    doc["buckets"][0]["judged"].append(
+        ["6", "post_syn", "reset", "post_syn", ["new_tag"], "", "", 2]
+    )
     doc["buckets"][0]["excluded"].append(["4", "new_reason", 4])
     buckets, skipped = from_document(doc)
     assert skipped == 11

@@ -122,7 +122,7 @@ def summary_from_records(records: Iterable[dict[str, Any]]) -> Tally:
             excluded.append([family, record["excluded"], 1])
         else:
             judged.append([family, record["stage"], record["outcome"], record["category"],
-                           list(record["tags"]), 1])
+                           list(record["tags"]), "", "", 1])
     tally, _ = Tally.from_rows({"judged": judged, "excluded": excluded}, "records")
     return tally
 
