@@ -104,9 +104,12 @@ def _add_replay(sub: Any) -> None:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    import time
+
     from .engine import Engine
     from .event import Output
-    from .records import RecordWriter
+    from .outputs import OutputSet, OutputSettings
+    from .records import STDOUT
     from .replay import ingress_filter, replay
     from .report import summary_table
     from .summary import Summary
@@ -121,21 +124,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise UsageError(str(error)) from None
     summary = Summary()
-    sinks: list[Output] = [summary]
-    records_file: Optional[IO[str]] = None
-    out: IO[str] = sys.stdout
-    writer: Optional[RecordWriter] = None
-    if args.records == "-":
-        writer = RecordWriter(sys.stdout)
-        out = sys.stderr
-    elif args.records:
-        try:
-            records_file = open(args.records, "w", encoding="utf-8")  # noqa: SIM115
-        except OSError as error:
-            raise UsageError(f"--records {args.records}: {error.strerror}") from None
-        writer = RecordWriter(records_file)
-    if writer is not None:
-        sinks.append(writer)
+    out: IO[str] = sys.stderr if args.records == STDOUT else sys.stdout
+    outputs = OutputSet(time.monotonic, say=lambda line: None)  # reported once, below
+    outputs.configure(OutputSettings(records=args.records or "", truncate=True))
+    for state in outputs.failing():
+        raise UsageError(f"--records {args.records}: {state.error}")
+    sinks: list[Output] = [summary, *outputs.outputs]
     engine = Engine(
         sinks,
         idle_timeout=args.idle_timeout,
@@ -145,10 +139,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     try:
         stats = replay(args.files, engine, is_ingress)
     finally:
-        if records_file is not None:
-            records_file.close()
-        elif writer is not None:
-            writer.flush()
+        outputs.close()
     invalid = {reason.value: count for reason, count in engine.invalid.items()}
     if args.format == "json":
         meta = {
@@ -175,6 +166,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
         )
     for line in stats.errors:
         print(f"resetwatch replay: {line}", file=sys.stderr)
+    for state in outputs.states.values():
+        if state.errors:
+            print(f"resetwatch replay: --records {args.records}: {state.error or 'failed'} "
+                  f"({state.dropped} records lost)", file=sys.stderr)
+            return EXIT_USAGE
     return EXIT_USAGE if stats.errors else 0
 
 
@@ -303,7 +299,7 @@ def _add_rules(sub: Any) -> None:
 
 
 def cmd_rules(args: argparse.Namespace) -> int:
-    from .daemon import rule_spec
+    from .config import rule_spec
     from .rules import RulesError, backend_for
 
     config = _config_from(args, RULE_KEYS)

@@ -32,6 +32,7 @@ import socket
 import struct
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Callable, NamedTuple, Optional, Union
 
@@ -161,6 +162,37 @@ DEFAULT_MAX_BATCHES = 256
 """Most datagrams drained per `read`/`packets` call, so the caller's loop regains control."""
 
 _Buffer = Union[bytes, bytearray, memoryview]
+
+
+@dataclass(frozen=True)
+class NflogStats:
+    """A source's counters at one moment. Each exported field is named as its metric
+    (`resetwatch_nflog_<field>`, `_total` for counters; `lost_<reason>` is
+    `resetwatch_nflog_lost_total{reason}`), so no layer renames them."""
+
+    packets: int = 0
+    """Packets received (resetwatch_nflog_packets_total)."""
+    lost_seq_gap: int = 0
+    """Packets missing between sequence numbers (resetwatch_nflog_lost_total{seq_gap})."""
+    lost_bad_message: int = 0
+    """Datagrams cut short or damaged (resetwatch_nflog_lost_total{bad_message})."""
+    overruns: int = 0
+    """recv() said ENOBUFS (resetwatch_nflog_overruns_total)."""
+    socket_drops: int = 0
+    """Datagrams dropped at the socket, SO_MEMINFO; 0 when unknown
+    (resetwatch_nflog_socket_drops_total)."""
+    receive_buffer_bytes: int = 0
+    """The socket's receive buffer now (resetwatch_nflog_receive_buffer_bytes)."""
+    datagrams: int = 0
+    """Not exported: datagrams received (one kernel batch each)."""
+    buffer_grows: int = 0
+    """Not exported: times the receive buffer was doubled after ENOBUFS."""
+    seq_resets: int = 0
+    """Not exported: sequence restarts (another reader rebound the group)."""
+    other_messages: int = 0
+    """Not exported: netlink messages that were not packets."""
+    error_messages: int = 0
+    """Not exported: netlink error messages seen between packets."""
 Captured = tuple[float, bytes]
 """(timestamp on the source's clock, captured IP packet bytes)."""
 
@@ -657,22 +689,30 @@ class NflogSource:
             return -1
         return int(struct.unpack_from("=I", raw, 4 * SK_MEMINFO_DROPS)[0])
 
-    def stats(self) -> dict[str, int]:
-        """Every counter by name, for a metrics collector to read at scrape time."""
+    def stats(self) -> NflogStats:
+        """Every counter, named as the metrics they become (see `NflogStats`)."""
         p = self.parser
-        return {
-            "packets": p.packets,
-            "datagrams": self.datagrams,
-            "seq_gaps": p.seq_gaps,
-            "seq_resets": p.seq_resets,
-            "enobufs": self.enobufs,
-            "buffer_grows": self.buffer_grows,
-            "rcvbuf_bytes": self.rcvbuf,
-            "truncated_messages": p.truncated_messages,
-            "other_messages": p.other_messages,
-            "error_messages": p.error_messages,
-            "kernel_drops": self.kernel_drops(),
-        }
+        return NflogStats(
+            packets=p.packets,
+            lost_seq_gap=p.seq_gaps,
+            lost_bad_message=p.truncated_messages,
+            overruns=self.enobufs,
+            socket_drops=max(0, self.kernel_drops()),
+            receive_buffer_bytes=self.rcvbuf,
+            datagrams=self.datagrams,
+            buffer_grows=self.buffer_grows,
+            seq_resets=p.seq_resets,
+            other_messages=p.other_messages,
+            error_messages=p.error_messages,
+        )
+
+    def set_rcvbuf_max(self, rcvbuf_max: int) -> None:
+        """A new growth limit (a reload): the buffer shrinks to it at once if it is larger."""
+        if rcvbuf_max < 1:
+            raise ValueError(f"rcvbuf_max must be at least 1, got {rcvbuf_max}")
+        self.rcvbuf_max = rcvbuf_max
+        if self._rcvbuf_request > rcvbuf_max:
+            self._set_rcvbuf(rcvbuf_max)
 
     # -- teardown --------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ import pytest
 
 from resetwatch.config import Config
 from resetwatch.daemon import Agent
+from resetwatch.nflog import NflogStats
 from resetwatch.packet import ParseResult
 from resetwatch.rules import RuleSpec
 from resetwatch.rules.base import RulesError
@@ -20,9 +21,8 @@ class NoTraffic:
     def batches(self, timeout: float) -> Iterator[list[ParseResult]]:
         return iter(())
 
-    def stats(self) -> dict[str, int]:
-        return {"packets": 0, "seq_gaps": 0, "truncated_messages": 0, "enobufs": 0,
-                "rcvbuf_bytes": 0}
+    def stats(self) -> NflogStats:
+        return NflogStats()
 
     def close(self) -> None:
         pass
