@@ -205,14 +205,16 @@ def _add_settings(p: argparse.ArgumentParser, keys: Optional[Sequence[str]] = No
             continue
         shown = setting.default
         if isinstance(shown, tuple):
-            shown = ",".join(str(v) for v in shown) or "all"
+            shown = ",".join(str(v) for v in shown)
         extra = " (comma-separated)" if isinstance(setting.default, tuple) else ""
+        # An empty default is already described by the help text ("empty: ...").
+        default = f" (default: {shown})" if shown != "" else ""
         p.add_argument(
             flag,
             metavar=setting.metavar or "VALUE",
             type=str,
             default=None,
-            help=f"{setting.help}{extra} (default: {shown})",
+            help=f"{setting.help}{extra}{default}",
         )
 
 
@@ -280,22 +282,47 @@ def cmd_run(args: argparse.Namespace) -> int:
 RULE_KEYS = ("probability", "label", "nflog_group", "backend", "dports", "interfaces")
 
 
+RULE_ACTIONS = {
+    "install": (
+        "install the rules as configured",
+        "Install the two sampling rules (or make the installed ones equal the configured "
+        "ones); running it twice leaves one copy. --dry-run prints the text it would apply.",
+    ),
+    "remove": (
+        "remove the rules",
+        "Delete the agent's rules and nothing else (other rules in the same tables stay); "
+        "a no-op when they are absent.",
+    ),
+    "show": (
+        "print the installed rules with their counters",
+        "Print the agent's installed rules as the backend's tool lists them, with packet "
+        "and byte counters.",
+    ),
+    "check": (
+        "compare the installed rules with the configured ones",
+        "Exit 0 when the installed rules equal the configured ones, 1 otherwise, saying "
+        "what differs.",
+    ),
+}
+
+
 def _add_rules(sub: Any) -> None:
     p = sub.add_parser(
         "rules",
         help="install, remove, show or check the sampling rules",
         description=(
             "Manage the two netfilter rules that sample new ingress TCP connections and log "
-            "their first 10 packets to NFLOG. `check` exits 0 when the installed rules equal "
-            "the wanted ones, 1 otherwise (and says what differs)."
+            "their first 10 packets to NFLOG. `resetwatch rules ACTION --help` explains an "
+            "action and its flags."
         ),
     )
-    p.add_argument("action", choices=("install", "remove", "show", "check"))
-    p.add_argument(
-        "--dry-run", action="store_true", help="with install: print what would be applied"
-    )
-    _add_settings(p, RULE_KEYS)
-    p.set_defaults(func=cmd_rules)
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for action, (summary, description) in RULE_ACTIONS.items():
+        a = actions.add_parser(action, help=summary, description=description)
+        if action == "install":
+            a.add_argument("--dry-run", action="store_true", help="print what would be applied")
+        _add_settings(a, RULE_KEYS)
+        a.set_defaults(func=cmd_rules, dry_run=False)
 
 
 def cmd_rules(args: argparse.Namespace) -> int:
