@@ -422,6 +422,26 @@ def _has_net_admin() -> Optional[bool]:
     return None
 
 
+def _check_settings(
+    group: int, copy_range: int, qthresh: int, timeout_cs: int, nlbufsiz: int, rcvbuf: int,
+    rcvbuf_max: int,
+) -> None:
+    """ValueError for a setting the kernel would refuse or misread (before any socket)."""
+    if not 0 <= group <= 0xFFFF:
+        raise ValueError(f"NFLOG group must be 0..65535, got {group}")
+    if not 1 <= copy_range <= NFULNL_COPY_RANGE_MAX:
+        # 0 would mean "the whole packet" to the kernel.
+        raise ValueError(f"copy_range must be 1..{NFULNL_COPY_RANGE_MAX}, got {copy_range}")
+    if qthresh < 1:
+        raise ValueError(f"qthresh must be at least 1, got {qthresh}")
+    if timeout_cs < 0:
+        raise ValueError(f"timeout_cs must be >= 0 (hundredths of a second), got {timeout_cs}")
+    if not NLBUFSIZ_MIN <= nlbufsiz <= NLBUFSIZ_MAX:
+        raise ValueError(f"nlbufsiz must be {NLBUFSIZ_MIN}..{NLBUFSIZ_MAX}, got {nlbufsiz}")
+    if rcvbuf < 1 or rcvbuf_max < rcvbuf:
+        raise ValueError(f"need 0 < rcvbuf <= rcvbuf_max, got {rcvbuf} and {rcvbuf_max}")
+
+
 class NflogSource:
     """One NFLOG group, bound and configured, read in batches.
 
@@ -457,19 +477,7 @@ class NflogSource:
         """Open, bind and configure. `bind_pf` also sends PF_UNBIND/PF_BIND for IPv4 and IPv6:
         the NFLOG target never needs them, and they replace the network namespace's default
         logger (net.netfilter.nf_log.*), so they are off unless asked for."""
-        if not 0 <= group <= 0xFFFF:
-            raise ValueError(f"NFLOG group must be 0..65535, got {group}")
-        if not 1 <= copy_range <= NFULNL_COPY_RANGE_MAX:
-            # 0 would mean "the whole packet" to the kernel.
-            raise ValueError(f"copy_range must be 1..{NFULNL_COPY_RANGE_MAX}, got {copy_range}")
-        if qthresh < 1:
-            raise ValueError(f"qthresh must be at least 1, got {qthresh}")
-        if timeout_cs < 0:
-            raise ValueError(f"timeout_cs must be >= 0 (hundredths of a second), got {timeout_cs}")
-        if not NLBUFSIZ_MIN <= nlbufsiz <= NLBUFSIZ_MAX:
-            raise ValueError(f"nlbufsiz must be {NLBUFSIZ_MIN}..{NLBUFSIZ_MAX}, got {nlbufsiz}")
-        if rcvbuf < 1 or rcvbuf_max < rcvbuf:
-            raise ValueError(f"need 0 < rcvbuf <= rcvbuf_max, got {rcvbuf} and {rcvbuf_max}")
+        _check_settings(group, copy_range, qthresh, timeout_cs, nlbufsiz, rcvbuf, rcvbuf_max)
         self.group = group
         self.copy_range = copy_range
         self.rcvbuf_max = rcvbuf_max

@@ -88,3 +88,16 @@ def test_run_listen_names_the_api_and_rules_actions_have_their_own_help() -> Non
     assert "--dry-run" not in resetwatch("rules", "check", "--help").stdout
     check = " ".join(resetwatch("rules", "check", "--help").stdout.split())
     assert "Exit 0 when the installed rules equal the configured ones" in check
+
+
+def test_rules_never_imports_the_daemon() -> None:
+    code = (
+        "import sys\n"
+        "from resetwatch import cli\n"
+        "cli.main(['rules', 'install', '--dry-run', '--config', '/dev/null', '--backend', 'nft'])\n"
+        "assert 'resetwatch.daemon' not in sys.modules, 'rules imported the daemon'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={"PYTHONPATH": str(ROOT / "agent")}, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "table inet resetwatch" in result.stdout
