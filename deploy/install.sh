@@ -10,6 +10,10 @@
 # overwritten once there), unit /etc/systemd/system/resetwatch.service, state in
 # /var/lib/resetwatch (systemd's StateDirectory).
 set -euo pipefail
+# Our own umask, not the caller's: the venv, config and unit are world-readable (0755/0644)
+# whatever root's umask is. The state and logs are systemd's (StateDirectory, LogsDirectory,
+# UMask=0027 in the unit): the script never creates files there.
+umask 022
 
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 ROOT=""
@@ -78,13 +82,34 @@ install_files() {
     fi
 }
 
+legacy_tables_exist() {
+    # Per network namespace; the files exist once the legacy modules are loaded.
+    grep -q . /proc/net/ip_tables_names 2>/dev/null || grep -q . /proc/net/ip6_tables_names 2>/dev/null
+}
+
+would_create_legacy_tables() {
+    # Listing a legacy table creates it: on an nft host, removing "our legacy rules" would
+    # leave empty legacy tables behind (a second ruleset nobody sees with nft).
+    case "$1" in
+        iptables-legacy) ;;
+        iptables) iptables -V 2>/dev/null | grep -q legacy || return 1 ;;
+        *) return 1 ;;
+    esac
+    ! legacy_tables_exist
+}
+
 uninstall() {
     if on_host; then
         step systemctl disable --now resetwatch.service || true
     fi
-    # The agent removes its rules when it stops; make sure, whatever the backend was.
-    if [ -x "$OPT/bin/resetwatch" ] && on_host; then
+    # The agent removes its rules when it stops; make sure, whatever the backend was (in
+    # this network namespace: with --root too, so a test can run it inside a namespace).
+    if [ -x "$OPT/bin/resetwatch" ]; then
         for backend in iptables iptables-legacy iptables-nft nft; do
+            if would_create_legacy_tables "$backend"; then
+                echo "  no legacy iptables tables here: nothing to remove with $backend"
+                continue
+            fi
             step "$OPT/bin/resetwatch" rules remove --backend "$backend" --config /dev/null || true
         done
     fi

@@ -124,9 +124,12 @@ def _apply_preset(args: argparse.Namespace) -> None:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    import time
+
     from .engine import Engine
     from .event import Output
-    from .records import RecordWriter
+    from .outputs import OutputSet, OutputSettings
+    from .records import STDOUT
     from .replay import ingress_filter, replay
     from .summary import Summary
 
@@ -141,21 +144,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise UsageError(str(error)) from None
     summary = Summary()
-    sinks: list[Output] = [summary]
-    records_file: Optional[IO[str]] = None
-    out: IO[str] = sys.stdout
-    writer: Optional[RecordWriter] = None
-    if args.records == "-":
-        writer = RecordWriter(sys.stdout)
-        out = sys.stderr
-    elif args.records:
-        try:
-            records_file = open(args.records, "w", encoding="utf-8")  # noqa: SIM115
-        except OSError as error:
-            raise UsageError(f"--records {args.records}: {error.strerror}") from None
-        writer = RecordWriter(records_file)
-    if writer is not None:
-        sinks.append(writer)
+    out: IO[str] = sys.stderr if args.records == STDOUT else sys.stdout
+    outputs = OutputSet(time.monotonic, say=lambda line: None)  # reported once, below
+    outputs.configure(OutputSettings(records=args.records or "", truncate=True))
+    for state in outputs.failing():
+        raise UsageError(f"--records {args.records}: {state.error}")
+    sinks: list[Output] = [summary, *outputs.outputs]
     engine = Engine(
         sinks,
         idle_timeout=args.idle_timeout,
@@ -165,11 +159,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     try:
         stats = replay(args.files, engine, is_ingress)
     finally:
-        if records_file is not None:
-            records_file.close()
-        elif writer is not None:
-            writer.flush()
+        outputs.close()
     _print_replay(args, out, summary, stats, engine.invalid)
+    for state in outputs.states.values():
+        if state.errors:
+            print(f"resetwatch replay: --records {args.records}: {state.error or 'failed'} "
+                  f"({state.dropped} records lost)", file=sys.stderr)
+            return EXIT_USAGE
     return EXIT_USAGE if stats.errors else 0
 
 
@@ -261,14 +257,16 @@ def _add_settings(p: argparse.ArgumentParser, keys: Optional[Sequence[str]] = No
             continue
         shown = setting.default
         if isinstance(shown, tuple):
-            shown = ",".join(str(v) for v in shown) or "all"
+            shown = ",".join(str(v) for v in shown)
         extra = " (comma-separated)" if isinstance(setting.default, tuple) else ""
+        # An empty default is already described by the help text ("empty: ...").
+        default = f" (default: {shown})" if shown != "" else ""
         p.add_argument(
             flag,
             metavar=setting.metavar or "VALUE",
             type=str,
             default=None,
-            help=f"{setting.help}{extra} (default: {shown})",
+            help=f"{setting.help}{extra}{default}",
         )
 
 
@@ -336,26 +334,51 @@ def cmd_run(args: argparse.Namespace) -> int:
 RULE_KEYS = ("probability", "label", "nflog_group", "backend", "dports", "interfaces")
 
 
+RULE_ACTIONS = {
+    "install": (
+        "install the rules as configured",
+        "Install the two sampling rules (or make the installed ones equal the configured "
+        "ones); running it twice leaves one copy. --dry-run prints the text it would apply.",
+    ),
+    "remove": (
+        "remove the rules",
+        "Delete the agent's rules and nothing else (other rules in the same tables stay); "
+        "a no-op when they are absent.",
+    ),
+    "show": (
+        "print the installed rules with their counters",
+        "Print the agent's installed rules as the backend's tool lists them, with packet "
+        "and byte counters.",
+    ),
+    "check": (
+        "compare the installed rules with the configured ones",
+        "Exit 0 when the installed rules equal the configured ones, 1 otherwise, saying "
+        "what differs.",
+    ),
+}
+
+
 def _add_rules(sub: Any) -> None:
     p = sub.add_parser(
         "rules",
         help="install, remove, show or check the sampling rules",
         description=(
             "Manage the two netfilter rules that sample new ingress TCP connections and log "
-            "their first 10 packets to NFLOG. `check` exits 0 when the installed rules equal "
-            "the wanted ones, 1 otherwise (and says what differs)."
+            "their first 10 packets to NFLOG. `resetwatch rules ACTION --help` explains an "
+            "action and its flags."
         ),
     )
-    p.add_argument("action", choices=("install", "remove", "show", "check"))
-    p.add_argument(
-        "--dry-run", action="store_true", help="with install: print what would be applied"
-    )
-    _add_settings(p, RULE_KEYS)
-    p.set_defaults(func=cmd_rules)
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for action, (summary, description) in RULE_ACTIONS.items():
+        a = actions.add_parser(action, help=summary, description=description)
+        if action == "install":
+            a.add_argument("--dry-run", action="store_true", help="print what would be applied")
+        _add_settings(a, RULE_KEYS)
+        a.set_defaults(func=cmd_rules, dry_run=False)
 
 
 def cmd_rules(args: argparse.Namespace) -> int:
-    from .daemon import rule_spec
+    from .config import rule_spec
     from .rules import RulesError, backend_for
 
     config = _config_from(args, RULE_KEYS)

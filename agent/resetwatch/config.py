@@ -1,8 +1,9 @@
 """Settings of the live agent: one TOML file, every key overridable by a flag of the same name.
 
 Bad values are refused at start (and on reload) with a `ConfigError` naming the key, the value
-and what is allowed. `SETTINGS` is the single list of keys: the flags, the example config and
-the docs are all generated from it.
+and what is allowed. `SETTINGS` is the single list of keys, each with its type (the type its
+check returns), default and help: `Config`'s fields, the flags, the example config and the docs
+are all derived from it (an import-time check keeps `Config` in step with it).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Generic, Optional, TypeVar, get_type_hints
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -21,7 +22,9 @@ else:  # pragma: no cover - exercised on RHEL 9's Python 3.9
     import tomli as tomllib
 
 from .rules import BACKENDS
-from .rules.spec import IFNAME, MIN_PROBABILITY
+from .rules.spec import IFNAME, MIN_PROBABILITY, RuleSpec
+
+T = TypeVar("T")
 
 DEFAULT_CONFIG = Path("/etc/resetwatch/resetwatch.toml")
 DEFAULT_PORT = 9824
@@ -32,13 +35,14 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
-class Setting:
-    """One key: its default, how to check a value, and the help line shown everywhere."""
+class Setting(Generic[T]):
+    """One key: its default, how to check a value (the check returns the value in the key's
+    type), and the help line shown everywhere (flags, example config, README)."""
 
     key: str
-    default: Any
+    default: T
     help: str
-    check: Callable[[Any], Any]
+    check: Callable[[Any], T]
     metavar: str = ""
 
 
@@ -114,7 +118,7 @@ def _names(value: Any) -> tuple[str, ...]:
     # The rules' own test of a name (rules/spec.py), so a reload can never pass a name here
     # that installing the rules then refuses.
     if not isinstance(value, (list, tuple)) or not all(
-        isinstance(n, str) and IFNAME.match(n) for n in value
+        isinstance(n, str) and IFNAME.fullmatch(n) for n in value
     ):
         raise ValueError(
             "a list of interface names of 1 to 15 letters, digits or _.@:- with an optional "
@@ -123,7 +127,7 @@ def _names(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
-SETTINGS: tuple[Setting, ...] = (
+SETTINGS: tuple[Setting[Any], ...] = (
     Setting("probability", 0.0001, "share of new ingress TCP connections sampled",
             _number(MIN_PROBABILITY, 1.0, what=" (the kernel samples in steps of 1/2^31)"), "P"),
     Setting("nflog_group", 10, "NFLOG group the sampled packets are logged to",
@@ -132,9 +136,10 @@ SETTINGS: tuple[Setting, ...] = (
             _integer(0, 127), "BIT"),
     Setting("backend", "auto", "how the rules are programmed: " + ", ".join(BACKENDS),
             _choice(*BACKENDS), "NAME"),
-    Setting("dports", (), "sample only connections to these local ports (empty: all)",
+    Setting("dports", (), "sample only connections to these local ports (empty: every port)",
             _ports, "PORT"),
-    Setting("interfaces", (), "sample only connections arriving on these interfaces (empty: all)",
+    Setting("interfaces", (), "sample only connections arriving on these interfaces "
+            "(empty: every interface)",
             _names, "IFACE"),
     Setting("idle_timeout", 300.0, "seconds without a packet before a flow ends as a timeout",
             _number(0.0, 86400.0, low_open=True), "SECONDS"),
@@ -142,46 +147,62 @@ SETTINGS: tuple[Setting, ...] = (
             _number(0.0, 3600.0), "SECONDS"),
     Setting("max_flows", 1_000_000, "flows held at once; beyond it the oldest are evicted",
             _integer(1, 100_000_000), "N"),
-    Setting("listen", f"127.0.0.1:{DEFAULT_PORT}", "HTTP address for /metrics and /healthz",
+    Setting("listen", f"127.0.0.1:{DEFAULT_PORT}", "HTTP address of /metrics, /healthz and the "
+            "local API (/api/...)",
             _listen, "ADDR:PORT"),
     Setting("records", "", "append one JSON line per judged flow to this file (opt-in; "
-            "as a service, under /var/log/resetwatch/)",
+            "as a service, under /var/log/resetwatch/); empty: no records",
             _path_or_empty, "PATH"),
+    Setting("records_max_bytes", 100 << 20, "rotate the records file when it reaches this size "
+            "(to PATH.1, PATH.2, ...); 0: never (logrotate's job)",
+            _integer(0, 1 << 50), "BYTES"),
+    Setting("records_keep", 5, "rotated records files kept beside the current one",
+            _integer(1, 1000), "N"),
     Setting("keep_rules", False, "leave the rules installed when the agent stops",
             _boolean),
     Setting("no_rules", False, "do not touch the rules (someone else manages them)",
             _boolean),
     Setting("rules_check_interval", 5.0, "seconds between checks that the rules are still there",
             _number(0.5, 3600.0), "SECONDS"),
-    Setting("nflog_buffer_max", 64 << 20, "largest NFLOG receive buffer to grow to, in bytes",
+    Setting("nflog_buffer_max", 64 << 20, "largest NFLOG receive buffer to grow to, in bytes "
+            "(applied on reload)",
             _integer(1 << 16, 1 << 30), "BYTES"),
     Setting("state_dir", "/var/lib/resetwatch",
             "directory for state kept across restarts (the 28-day history); empty: none",
             _path_or_empty, "DIR"),
 )
-BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
+BY_KEY: dict[str, Setting[Any]] = {s.key: s for s in SETTINGS}
+
+
+def _default(key: str) -> Any:
+    return BY_KEY[key].default
 
 
 @dataclass(frozen=True)
 class Config:
-    """The agent's settings after defaults, the file and flags were merged and checked."""
+    """The agent's settings after defaults, the file and flags were merged and checked.
 
-    probability: float = 0.0001
-    nflog_group: int = 10
-    label: int = 7
-    backend: str = "auto"
-    dports: tuple[int, ...] = ()
-    interfaces: tuple[str, ...] = ()
-    idle_timeout: float = 300.0
-    close_linger: float = 10.0
-    max_flows: int = 1_000_000
-    listen: str = f"127.0.0.1:{DEFAULT_PORT}"
-    records: str = ""
-    keep_rules: bool = False
-    no_rules: bool = False
-    rules_check_interval: float = 5.0
-    nflog_buffer_max: int = 64 << 20
-    state_dir: str = "/var/lib/resetwatch"
+    One field per entry of `SETTINGS`, in its order, defaults taken from it: a key is added
+    there and here (with its type), and `_check_config_fields` refuses any drift at import."""
+
+    probability: float = _default("probability")
+    nflog_group: int = _default("nflog_group")
+    label: int = _default("label")
+    backend: str = _default("backend")
+    dports: tuple[int, ...] = _default("dports")
+    interfaces: tuple[str, ...] = _default("interfaces")
+    idle_timeout: float = _default("idle_timeout")
+    close_linger: float = _default("close_linger")
+    max_flows: int = _default("max_flows")
+    listen: str = _default("listen")
+    records: str = _default("records")
+    records_max_bytes: int = _default("records_max_bytes")
+    records_keep: int = _default("records_keep")
+    keep_rules: bool = _default("keep_rules")
+    no_rules: bool = _default("no_rules")
+    rules_check_interval: float = _default("rules_check_interval")
+    nflog_buffer_max: int = _default("nflog_buffer_max")
+    state_dir: str = _default("state_dir")
     source: str = field(default="defaults", compare=False)
     """Where the settings came from, for messages."""
 
@@ -189,6 +210,35 @@ class Config:
     def listen_address(self) -> tuple[str, int]:
         host, _, port = self.listen.rpartition(":")
         return host.strip("[]"), int(port)
+
+
+def _check_config_fields() -> None:
+    """`Config` has exactly the keys of `SETTINGS`, in order, each typed as its default."""
+    hints = get_type_hints(Config)
+    names = [f.name for f in fields(Config) if f.name != "source"]
+    if names != [s.key for s in SETTINGS]:
+        raise AssertionError(f"Config fields {names} differ from SETTINGS")
+    for setting in SETTINGS:
+        hint = hints[setting.key]
+        kind = getattr(hint, "__origin__", hint)
+        if not isinstance(setting.default, kind) or (kind is float) != isinstance(
+            setting.check(setting.default), float
+        ):
+            raise AssertionError(f"Config.{setting.key}: {hint} does not fit its default")
+
+
+_check_config_fields()
+
+
+def rule_spec(config: Config) -> RuleSpec:
+    """The sampling rules a config asks for (`resetwatch rules` and the agent alike)."""
+    return RuleSpec(
+        probability=config.probability,
+        label=config.label,
+        nflog_group=config.nflog_group,
+        dports=config.dports,
+        in_interfaces=config.interfaces,
+    )
 
 
 def _checked(key: str, value: Any, where: str) -> Any:
@@ -260,6 +310,3 @@ def _toml_value(value: Any) -> str:
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     return repr(value)
 
-
-assert [f.name for f in fields(Config) if f.name != "source"] == [s.key for s in SETTINGS]
-assert all(getattr(Config(), s.key) == s.default for s in SETTINGS)

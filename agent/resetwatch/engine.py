@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import gc
 from collections import Counter
+from collections.abc import Iterable, MutableMapping, Sequence
 from typing import Optional
 
 from .classify import classify
 from .event import FlowEvent, Output
 from .flows import Exclusion, Flow, FlowTable
-from .packet import Invalid
+from .packet import FieldsResult, Invalid
 from .signature import signature_of
 
 # NamedTuple's generated __new__ is a Python function; one event per flow is built directly.
@@ -51,6 +52,25 @@ class Engine:
             event = _new_event(FlowEvent, (flow, family, None, excluded, None))
         for output in self.outputs:
             output.write(event)
+
+    def feed_batches(
+        self, batches: Iterable[Sequence[FieldsResult]], invalid: MutableMapping[Invalid, int]
+    ) -> bool:
+        """Feed batches of parsed packets (the live source's shape), counting the unparsable
+        ones in `invalid`. True when any batch held something."""
+        feed_many = self.feed_many
+        received = False
+        for batch in batches:
+            if not batch:
+                continue
+            received = True
+            packets = [item for item in batch if not isinstance(item, Invalid)]
+            if len(packets) != len(batch):
+                for item in batch:
+                    if isinstance(item, Invalid):
+                        invalid[item] += 1
+            feed_many(packets)
+        return received
 
     def count_invalid(self, reason: Invalid) -> None:
         self.invalid[reason] += 1

@@ -8,9 +8,9 @@ HELP texts come from the enums' own descriptions (classify.py, flows.py, packet.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Protocol
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -23,8 +23,10 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from . import __version__
 from .classify import Category, Outcome, Stage, Tag
 from .event import CountingOutput, FlowEvent
-from .flows import Exclusion
+from .flows import Exclusion, TableStats
+from .nflog import NflogStats
 from .packet import Invalid
+from .rules.keeper import RulesState
 from .signature import Signature, signature_of
 from .tally import FAMILIES, Tally
 
@@ -75,6 +77,22 @@ class FlowCounts(CountingOutput):
         return out
 
 
+class OutputHealth(Protocol):
+    """What the collector reads of one output's failure policy (outputs.OutputState)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def errors(self) -> int: ...
+
+    @property
+    def dropped(self) -> int: ...
+
+    @property
+    def failing(self) -> bool: ...
+
+
 @dataclass
 class AgentHealth:
     """What the daemon tells the collector about itself; read at scrape time."""
@@ -84,18 +102,19 @@ class AgentHealth:
     flows_active: Callable[[], int] = lambda: 0
     flows_started: int = 0
     late_packets: int = 0
-    nflog_packets: int = 0
-    nflog_lost: dict[str, int] = field(default_factory=lambda: dict.fromkeys(NFLOG_LOSS_REASONS, 0))
-    nflog_buffer_bytes: int = 0
-    nflog_overruns: int = 0
-    nflog_socket_drops: int = 0
+    nflog: NflogStats = field(default_factory=NflogStats)
     invalid: dict[Invalid, int] = field(default_factory=lambda: {r: 0 for r in Invalid})
-    rules_present: bool = False
-    rules_managed: bool = True
-    rules_repairs: int = 0
+    rules: RulesState = field(default_factory=RulesState)
     reloads: int = 0
     last_packet_age: Callable[[], float] = lambda: 0.0
     history_save_errors: Callable[[], int] = lambda: 0
+    outputs: Callable[[], Sequence[OutputHealth]] = lambda: ()
+    """Every output the factory can build, failing or not (outputs.OUTPUTS declares them)."""
+
+    def update(self, table: TableStats, nflog: NflogStats) -> None:
+        """The loop's counters after a pass."""
+        self.flows_started, self.late_packets = table.started, table.late_packets
+        self.nflog = nflog
 
 
 class AgentCollector(Collector):
@@ -176,37 +195,7 @@ class AgentCollector(Collector):
             "Packets of a flow already judged (after its 10th packet or its close linger).",
             value=health.late_packets,
         )
-        yield CounterMetricFamily(
-            "resetwatch_nflog_packets", "Packets received from NFLOG.",
-            value=health.nflog_packets,
-        )
-        m = CounterMetricFamily(
-            "resetwatch_nflog_lost",
-            "Packets logged by the kernel but not received, by how the loss was seen. "
-            + " ".join(f"{k}: {v}" for k, v in NFLOG_LOSS_REASONS.items()),
-            labels=["reason"],
-        )
-        for loss in NFLOG_LOSS_REASONS:
-            m.add_metric([loss], health.nflog_lost.get(loss, 0))
-        yield m
-        yield CounterMetricFamily(
-            "resetwatch_nflog_overruns",
-            "Times the NFLOG receive buffer overflowed (ENOBUFS); each grows the buffer up to "
-            "nflog_buffer_max. The packets lost are counted in resetwatch_nflog_lost_total.",
-            value=health.nflog_overruns,
-        )
-        yield CounterMetricFamily(
-            "resetwatch_nflog_socket_drops",
-            "Netlink datagrams (batches of packets) the kernel dropped at the agent's socket "
-            "(SO_MEMINFO). Non-zero means packets were lost, even before a sequence gap shows "
-            "them in resetwatch_nflog_lost_total.",
-            value=health.nflog_socket_drops,
-        )
-        yield GaugeMetricFamily(
-            "resetwatch_nflog_receive_buffer_bytes",
-            "Size of the NFLOG socket's receive buffer (grows on overflow up to a limit).",
-            value=health.nflog_buffer_bytes,
-        )
+        yield from self._nflog(health.nflog)
         m = CounterMetricFamily(
             "resetwatch_packets_invalid",
             _enum_help("Received packets that could not be parsed, by reason.", Invalid),
@@ -215,21 +204,8 @@ class AgentCollector(Collector):
         for invalid_reason, value in health.invalid.items():
             m.add_metric([invalid_reason.value], value)
         yield m
-        yield GaugeMetricFamily(
-            "resetwatch_rules_present",
-            "1 when the sampling rules are installed as configured, else 0.",
-            value=1 if health.rules_present else 0,
-        )
-        yield GaugeMetricFamily(
-            "resetwatch_rules_managed",
-            "1 when the agent installs and repairs the rules, 0 with no_rules.",
-            value=1 if health.rules_managed else 0,
-        )
-        yield CounterMetricFamily(
-            "resetwatch_rules_repairs",
-            "Times the rules were found missing or changed and were put back.",
-            value=health.rules_repairs,
-        )
+        yield from self._rules(health.rules)
+        yield from self._outputs(health.outputs())
         yield CounterMetricFamily(
             "resetwatch_config_reloads", "Successful configuration reloads (SIGHUP).",
             value=health.reloads,
@@ -248,6 +224,101 @@ class AgentCollector(Collector):
         info = InfoMetricFamily("resetwatch_build", "Version of the running agent.")
         info.add_metric([], {"version": __version__})
         yield info
+
+    @staticmethod
+    def _nflog(stats: NflogStats) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "resetwatch_nflog_packets", "Packets received from NFLOG.", value=stats.packets
+        )
+        m = CounterMetricFamily(
+            "resetwatch_nflog_lost",
+            "Packets logged by the kernel but not received, by how the loss was seen. "
+            + " ".join(f"{k}: {v}" for k, v in NFLOG_LOSS_REASONS.items()),
+            labels=["reason"],
+        )
+        for loss in NFLOG_LOSS_REASONS:
+            m.add_metric([loss], getattr(stats, "lost_" + loss))
+        yield m
+        yield CounterMetricFamily(
+            "resetwatch_nflog_overruns",
+            "Times the NFLOG receive buffer overflowed (ENOBUFS); each grows the buffer up to "
+            "nflog_buffer_max. The packets lost are counted in resetwatch_nflog_lost_total.",
+            value=stats.overruns,
+        )
+        yield CounterMetricFamily(
+            "resetwatch_nflog_socket_drops",
+            "Netlink datagrams (batches of packets) the kernel dropped at the agent's socket "
+            "(SO_MEMINFO). Non-zero means packets were lost, even before a sequence gap shows "
+            "them in resetwatch_nflog_lost_total.",
+            value=stats.socket_drops,
+        )
+        yield GaugeMetricFamily(
+            "resetwatch_nflog_receive_buffer_bytes",
+            "Size of the NFLOG socket's receive buffer (grows on overflow up to a limit).",
+            value=stats.receive_buffer_bytes,
+        )
+
+    @staticmethod
+    def _rules(rules: RulesState) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "resetwatch_rules_present",
+            "1 when the sampling rules are installed as configured, else 0.",
+            value=1 if rules.present else 0,
+        )
+        yield GaugeMetricFamily(
+            "resetwatch_rules_managed",
+            "1 when the agent installs and repairs the rules, 0 with no_rules.",
+            value=1 if rules.managed else 0,
+        )
+        yield CounterMetricFamily(
+            "resetwatch_rules_repairs",
+            "Times the rules were found missing or changed and were put back.",
+            value=rules.repairs,
+        )
+        yield CounterMetricFamily(
+            "resetwatch_rules_checks",
+            "Checks of the installed rules, run in a thread of their own (never in the "
+            "packet loop), the next one a rules_check_interval after the last one ended.",
+            value=rules.checks,
+        )
+        yield CounterMetricFamily(
+            "resetwatch_rules_check_timeouts",
+            "Rules checks or repairs that gave up waiting: the xtables lock held by another "
+            "program past its wait, or a tool with no answer. The rules' state was not known.",
+            value=rules.timeouts,
+        )
+        yield GaugeMetricFamily(
+            "resetwatch_rules_check_duration_seconds",
+            "How long the last rules check took, waits for the xtables lock included.",
+            value=rules.last_check_seconds,
+        )
+
+    @staticmethod
+    def _outputs(outputs: Sequence[OutputHealth]) -> Iterator[Metric]:
+        errors = CounterMetricFamily(
+            "resetwatch_output_errors",
+            "Failed writes, flushes or reopens of an output (a full or failing disk, a closed "
+            "file). The agent keeps running and retries the output with backoff.",
+            labels=["output"],
+        )
+        dropped = CounterMetricFamily(
+            "resetwatch_output_events_dropped",
+            "Finished flows an output lost while failing (not written, or written to a buffer "
+            "the failure discarded). The counts and history still have them.",
+            labels=["output"],
+        )
+        failing = GaugeMetricFamily(
+            "resetwatch_output_failing",
+            "1 while an output is failing (from its first error until a write succeeds again).",
+            labels=["output"],
+        )
+        for output in outputs:
+            errors.add_metric([output.name], output.errors)
+            dropped.add_metric([output.name], output.dropped)
+            failing.add_metric([output.name], 1 if output.failing else 0)
+        yield errors
+        yield dropped
+        yield failing
 
 
 def build_registry(counts: FlowCounts, health: AgentHealth) -> CollectorRegistry:

@@ -32,6 +32,7 @@ import socket
 import struct
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Callable, NamedTuple, Optional, Union
 
@@ -161,6 +162,37 @@ DEFAULT_MAX_BATCHES = 256
 """Most datagrams drained per `read`/`packets` call, so the caller's loop regains control."""
 
 _Buffer = Union[bytes, bytearray, memoryview]
+
+
+@dataclass(frozen=True)
+class NflogStats:
+    """A source's counters at one moment. Each exported field is named as its metric
+    (`resetwatch_nflog_<field>`, `_total` for counters; `lost_<reason>` is
+    `resetwatch_nflog_lost_total{reason}`), so no layer renames them."""
+
+    packets: int = 0
+    """Packets received (resetwatch_nflog_packets_total)."""
+    lost_seq_gap: int = 0
+    """Packets missing between sequence numbers (resetwatch_nflog_lost_total{seq_gap})."""
+    lost_bad_message: int = 0
+    """Datagrams cut short or damaged (resetwatch_nflog_lost_total{bad_message})."""
+    overruns: int = 0
+    """recv() said ENOBUFS (resetwatch_nflog_overruns_total)."""
+    socket_drops: int = 0
+    """Datagrams dropped at the socket, SO_MEMINFO; 0 when unknown
+    (resetwatch_nflog_socket_drops_total)."""
+    receive_buffer_bytes: int = 0
+    """The socket's receive buffer now (resetwatch_nflog_receive_buffer_bytes)."""
+    datagrams: int = 0
+    """Not exported: datagrams received (one kernel batch each)."""
+    buffer_grows: int = 0
+    """Not exported: times the receive buffer was doubled after ENOBUFS."""
+    seq_resets: int = 0
+    """Not exported: sequence restarts (another reader rebound the group)."""
+    other_messages: int = 0
+    """Not exported: netlink messages that were not packets."""
+    error_messages: int = 0
+    """Not exported: netlink error messages seen between packets."""
 Captured = tuple[float, bytes]
 """(timestamp on the source's clock, captured IP packet bytes)."""
 
@@ -390,6 +422,26 @@ def _has_net_admin() -> Optional[bool]:
     return None
 
 
+def _check_settings(
+    group: int, copy_range: int, qthresh: int, timeout_cs: int, nlbufsiz: int, rcvbuf: int,
+    rcvbuf_max: int,
+) -> None:
+    """ValueError for a setting the kernel would refuse or misread (before any socket)."""
+    if not 0 <= group <= 0xFFFF:
+        raise ValueError(f"NFLOG group must be 0..65535, got {group}")
+    if not 1 <= copy_range <= NFULNL_COPY_RANGE_MAX:
+        # 0 would mean "the whole packet" to the kernel.
+        raise ValueError(f"copy_range must be 1..{NFULNL_COPY_RANGE_MAX}, got {copy_range}")
+    if qthresh < 1:
+        raise ValueError(f"qthresh must be at least 1, got {qthresh}")
+    if timeout_cs < 0:
+        raise ValueError(f"timeout_cs must be >= 0 (hundredths of a second), got {timeout_cs}")
+    if not NLBUFSIZ_MIN <= nlbufsiz <= NLBUFSIZ_MAX:
+        raise ValueError(f"nlbufsiz must be {NLBUFSIZ_MIN}..{NLBUFSIZ_MAX}, got {nlbufsiz}")
+    if rcvbuf < 1 or rcvbuf_max < rcvbuf:
+        raise ValueError(f"need 0 < rcvbuf <= rcvbuf_max, got {rcvbuf} and {rcvbuf_max}")
+
+
 class NflogSource:
     """One NFLOG group, bound and configured, read in batches.
 
@@ -425,19 +477,7 @@ class NflogSource:
         """Open, bind and configure. `bind_pf` also sends PF_UNBIND/PF_BIND for IPv4 and IPv6:
         the NFLOG target never needs them, and they replace the network namespace's default
         logger (net.netfilter.nf_log.*), so they are off unless asked for."""
-        if not 0 <= group <= 0xFFFF:
-            raise ValueError(f"NFLOG group must be 0..65535, got {group}")
-        if not 1 <= copy_range <= NFULNL_COPY_RANGE_MAX:
-            # 0 would mean "the whole packet" to the kernel.
-            raise ValueError(f"copy_range must be 1..{NFULNL_COPY_RANGE_MAX}, got {copy_range}")
-        if qthresh < 1:
-            raise ValueError(f"qthresh must be at least 1, got {qthresh}")
-        if timeout_cs < 0:
-            raise ValueError(f"timeout_cs must be >= 0 (hundredths of a second), got {timeout_cs}")
-        if not NLBUFSIZ_MIN <= nlbufsiz <= NLBUFSIZ_MAX:
-            raise ValueError(f"nlbufsiz must be {NLBUFSIZ_MIN}..{NLBUFSIZ_MAX}, got {nlbufsiz}")
-        if rcvbuf < 1 or rcvbuf_max < rcvbuf:
-            raise ValueError(f"need 0 < rcvbuf <= rcvbuf_max, got {rcvbuf} and {rcvbuf_max}")
+        _check_settings(group, copy_range, qthresh, timeout_cs, nlbufsiz, rcvbuf, rcvbuf_max)
         self.group = group
         self.copy_range = copy_range
         self.rcvbuf_max = rcvbuf_max
@@ -657,22 +697,30 @@ class NflogSource:
             return -1
         return int(struct.unpack_from("=I", raw, 4 * SK_MEMINFO_DROPS)[0])
 
-    def stats(self) -> dict[str, int]:
-        """Every counter by name, for a metrics collector to read at scrape time."""
+    def stats(self) -> NflogStats:
+        """Every counter, named as the metrics they become (see `NflogStats`)."""
         p = self.parser
-        return {
-            "packets": p.packets,
-            "datagrams": self.datagrams,
-            "seq_gaps": p.seq_gaps,
-            "seq_resets": p.seq_resets,
-            "enobufs": self.enobufs,
-            "buffer_grows": self.buffer_grows,
-            "rcvbuf_bytes": self.rcvbuf,
-            "truncated_messages": p.truncated_messages,
-            "other_messages": p.other_messages,
-            "error_messages": p.error_messages,
-            "kernel_drops": self.kernel_drops(),
-        }
+        return NflogStats(
+            packets=p.packets,
+            lost_seq_gap=p.seq_gaps,
+            lost_bad_message=p.truncated_messages,
+            overruns=self.enobufs,
+            socket_drops=max(0, self.kernel_drops()),
+            receive_buffer_bytes=self.rcvbuf,
+            datagrams=self.datagrams,
+            buffer_grows=self.buffer_grows,
+            seq_resets=p.seq_resets,
+            other_messages=p.other_messages,
+            error_messages=p.error_messages,
+        )
+
+    def set_rcvbuf_max(self, rcvbuf_max: int) -> None:
+        """A new growth limit (a reload): the buffer shrinks to it at once if it is larger."""
+        if rcvbuf_max < 1:
+            raise ValueError(f"rcvbuf_max must be at least 1, got {rcvbuf_max}")
+        self.rcvbuf_max = rcvbuf_max
+        if self._rcvbuf_request > rcvbuf_max:
+            self._set_rcvbuf(rcvbuf_max)
 
     # -- teardown --------------------------------------------------------------------------
 

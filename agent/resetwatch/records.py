@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from typing import IO, Any, Callable
+import os
+import stat
+import sys
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from .classify import Verdict
-from .event import FlowEvent
+from .event import FlowEvent, Output
 from .flows import Exclusion, Flow
 from .packet import key_fields
+
+if TYPE_CHECKING:
+    from .outputs import OutputSettings
 
 
 def _identity(ts: float) -> float:
@@ -48,35 +55,165 @@ def excluded_record(
     return record
 
 
+STDOUT = "-"
+"""The records path meaning standard output (replay only): never reopened, rotated or closed."""
+
+MODE = 0o640
+"""Records hold client addresses: never readable by other users, whatever the umask."""
+
+FLUSH_AT = 64 << 10
+"""Bytes buffered before a write flushes by itself (the loop also flushes once a second)."""
+
+
 class RecordWriter:
-    """An output writing one JSON object per line to a stream it does not own. `to_wall`
-    maps the flow clock to epoch seconds (the live agent's clock is monotonic)."""
+    """An output writing one JSON object per line to a file it owns (opened in `open`, made
+    0640 or stricter, reopened by `reopen` for logrotate, rotated at `max_bytes` keeping
+    `keep` older files as PATH.1 ... PATH.N). `to_wall` maps the flow clock to epoch seconds
+    (the live agent's clock is monotonic).
+
+    Lines are buffered here and written with os.write, so a failed write (a full disk) loses
+    exactly the buffered lines: `discard` says how many (the failure policy counts them)."""
 
     name = "records"
 
-    def __init__(self, stream: IO[str], to_wall: Callable[[float], float] = _identity) -> None:
-        self.stream = stream
+    def __init__(
+        self,
+        path: str,
+        to_wall: Callable[[float], float] = _identity,
+        *,
+        max_bytes: int = 0,
+        keep: int = 5,
+        truncate: bool = False,
+    ) -> None:
+        self.path = path
         self.to_wall = to_wall
+        self.max_bytes = max_bytes
+        self.keep = keep
+        self._truncate = truncate
+        self._fd = -1
+        self._size = 0
+        self._regular = False
+        self._lines: list[bytes] = []
+        self._buffered = 0
         self.written = 0
+        """Records written to the file (buffered ones not yet)."""
+
+    @property
+    def pending(self) -> int:
+        """Records accepted but not yet written."""
+        return len(self._lines)
 
     def open(self) -> None:
-        return None
+        if self._fd >= 0:
+            return
+        if self.path == STDOUT:
+            self._fd = sys.stdout.fileno()
+            return
+        parent = os.path.dirname(self.path)
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+        if self._truncate:
+            flags |= os.O_TRUNC
+            self._truncate = False  # a reopen appends to what this run wrote
+        fd = os.open(self.path, flags, MODE)
+        try:
+            info = os.fstat(fd)
+            self._regular = stat.S_ISREG(info.st_mode)
+            if self._regular:  # never chmod a device (/dev/null, /dev/full)
+                os.fchmod(fd, stat.S_IMODE(info.st_mode) & MODE)
+            self._size = info.st_size
+        except OSError:
+            os.close(fd)
+            raise
+        self._fd = fd
 
     def reopen(self) -> None:
-        return None
+        """A fresh file at the same path (logrotate moved the old one away)."""
+        if self.path == STDOUT:
+            self.flush()
+            return
+        try:
+            self.flush()
+        finally:
+            self._close_fd()
+        self.open()
 
     def close(self) -> None:
-        self.flush()
+        try:
+            self.flush()
+        finally:
+            if self.path != STDOUT:
+                self._close_fd()
+            self._fd = -1
+
+    def _close_fd(self) -> None:
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            # Linux frees the descriptor even when close fails; the lines were written
+            # (or counted as lost) before, so there is nothing more to report.
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def write(self, event: FlowEvent) -> None:
         if event.verdict is not None:
-            self._write(judged_record(event.flow, event.verdict, self.to_wall))
+            record = judged_record(event.flow, event.verdict, self.to_wall)
         elif event.excluded is not None:
-            self._write(excluded_record(event.flow, event.excluded, self.to_wall))
-
-    def _write(self, record: dict[str, Any]) -> None:
-        self.stream.write(json.dumps(record, separators=(",", ":")) + "\n")
-        self.written += 1
+            record = excluded_record(event.flow, event.excluded, self.to_wall)
+        else:
+            return
+        line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+        self._lines.append(line)
+        self._buffered += len(line)
+        if self._buffered >= FLUSH_AT:
+            self.flush()
 
     def flush(self) -> None:
-        self.stream.flush()
+        if not self._lines:
+            return
+        if self._fd < 0:
+            raise ValueError(f"{self.path}: not open")
+        data = b"".join(self._lines)
+        if self.max_bytes and self._regular and self._size and (
+            self._size + len(data) > self.max_bytes
+        ):
+            self._rotate()
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
+        self._size += len(data)
+        self.written += len(self._lines)
+        self._lines.clear()
+        self._buffered = 0
+
+    def discard(self) -> int:
+        """Drop the buffered lines (after a failed write); returns how many were dropped."""
+        lost = len(self._lines)
+        self._lines.clear()
+        self._buffered = 0
+        return lost
+
+    def _rotate(self) -> None:
+        """PATH -> PATH.1 -> ... -> PATH.keep (the oldest is removed), then a fresh PATH."""
+        self._close_fd()
+        for index in range(self.keep, 0, -1):
+            older = f"{self.path}.{index}"
+            newer = f"{self.path}.{index - 1}" if index > 1 else self.path
+            if index == self.keep and os.path.exists(older):
+                os.unlink(older)
+            if os.path.exists(newer):
+                os.rename(newer, older)
+        self.open()
+
+
+def from_settings(settings: OutputSettings, to_wall: Callable[[float], float]) -> Optional[Output]:
+    """The records output of a config (None when records are off): `outputs.OUTPUTS` entry."""
+    if not settings.records:
+        return None
+    return RecordWriter(
+        settings.records,
+        to_wall,
+        max_bytes=settings.records_max_bytes,
+        keep=settings.records_keep,
+        truncate=settings.truncate,
+    )

@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -218,9 +218,9 @@ def test_connection_packets_arrive_parsed(lab: Lab, family: int, copy_range: int
     assert result["invalid"] == []
 
     stats = result["stats"]
-    assert stats["seq_gaps"] == 0
-    assert stats["enobufs"] == 0
-    assert stats["truncated_messages"] == 0
+    assert stats["lost_seq_gap"] == 0
+    assert stats["overruns"] == 0
+    assert stats["lost_bad_message"] == 0
     assert stats["error_messages"] == 0
     # Sequence numbers ran from 0 without a hole: the next expected one is the packet count.
     assert result["expected_seq"] == stats["packets"] == len(result["packets"])
@@ -256,7 +256,7 @@ def test_overrun_is_counted_not_silent(lab: Lab, rcvbuf_max: int, grows: bool) -
     reader, ready = start_reader(
         lab, "--hold", "--rcvbuf", str(64 << 10), "--rcvbuf-max", str(rcvbuf_max)
     )
-    first_rcvbuf = ready["stats"]["rcvbuf_bytes"]
+    first_rcvbuf = ready["stats"]["receive_buffer_bytes"]
     sent = lab.run(lab.client, "syns", ADDR[4][1], "20000")["sent"]
     reader.send("go")  # now drain everything that is left
     drained = reader.message()
@@ -270,16 +270,16 @@ def test_overrun_is_counted_not_silent(lab: Lab, rcvbuf_max: int, grows: bool) -
     assert sent == 20000
     assert 0 < logged <= 20005
     assert drained["stats"]["packets"] < logged  # loss happened...
-    assert stats["enobufs"] > 0  # ...the kernel said so...
-    assert stats["seq_gaps"] > 0  # ...and the sequence numbers count every lost packet:
-    assert stats["packets"] + stats["seq_gaps"] == logged
-    assert stats["kernel_drops"] > 0
+    assert stats["overruns"] > 0  # ...the kernel said so...
+    assert stats["lost_seq_gap"] > 0  # ...and the sequence numbers count every lost packet:
+    assert stats["packets"] + stats["lost_seq_gap"] == logged
+    assert stats["socket_drops"] > 0
     if grows:
         assert stats["buffer_grows"] > 0
-        assert stats["rcvbuf_bytes"] > first_rcvbuf
+        assert stats["receive_buffer_bytes"] > first_rcvbuf
     else:
         assert stats["buffer_grows"] == 0
-        assert stats["rcvbuf_bytes"] == first_rcvbuf
+        assert stats["receive_buffer_bytes"] == first_rcvbuf
 
 
 # -- helpers (run inside a namespace through `ip netns exec`) -----------------------------------
@@ -308,7 +308,7 @@ def helper_reader(args: argparse.Namespace) -> None:
     captured: list[tuple[float, bytes]] = []
     with NflogSource(GROUP, **kwargs) as source:
         proc = Path("/proc/net/netfilter/nfnetlink_log").read_text().strip()
-        emit({"ready": True, "proc": proc, "stats": source.stats()})
+        emit({"ready": True, "proc": proc, "stats": asdict(source.stats())})
 
         def drain(quiet: float = 1.0) -> None:
             # The kernel flushes a partial batch after 0.1 s: a second of quiet means done.
@@ -323,7 +323,7 @@ def helper_reader(args: argparse.Namespace) -> None:
                     break
                 if word[0] == "go":
                     drain()
-                    emit({"stats": source.stats()})
+                    emit({"stats": asdict(source.stats())})
                     args.hold = False
                 elif word[0] == "wakeups":
                     # Each read returns by itself within its timeout when nothing arrives.
@@ -354,7 +354,7 @@ def helper_reader(args: argparse.Namespace) -> None:
             {
                 "packets": packets,
                 "invalid": invalid,
-                "stats": source.stats(),
+                "stats": asdict(source.stats()),
                 "expected_seq": source.parser.expected_seq,
             }
         )

@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, Callable, Optional
 
@@ -204,15 +204,17 @@ def start_agent(
     port: int = LISTEN_PORT,
     ns: str = "server",
     wait: bool = True,
+    env: Optional[Mapping[str, str]] = None,
 ) -> RunningAgent:
-    """Start ``resetwatch run FLAGS`` in `ns` (stdout and stderr to `log`) and, when `wait`,
-    return once /healthz answers ok. The lab stops the process on exit if it still runs."""
+    """Start ``resetwatch run FLAGS`` in `ns` (stdout and stderr to `log`; `env` instead of
+    `agent_env()`) and, when `wait`, return once /healthz answers ok. The lab stops the
+    process on exit if it still runs."""
     handle: IO[str] = open(log, "w", encoding="utf-8")  # noqa: SIM115
     try:
         proc = lab.popen(
             ns,
             resetwatch_argv("run", *flags),
-            env=agent_env(),
+            env=agent_env() if env is None else env,
             stdin=subprocess.DEVNULL,
             stdout=handle,
             stderr=subprocess.STDOUT,

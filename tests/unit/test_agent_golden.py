@@ -16,6 +16,7 @@ import pytest
 
 from resetwatch.config import Config
 from resetwatch.daemon import Agent
+from resetwatch.nflog import NflogStats
 from resetwatch.packet import Invalid, ParseResult
 
 from .factory import CLIENT6, pkt
@@ -48,9 +49,8 @@ class ScriptedSource:
         self.received += len(batch)
         yield [p if isinstance(p, Invalid) else p._replace(ts=self.clock.now) for p in batch]
 
-    def stats(self) -> dict[str, int]:
-        return {"packets": self.received, "seq_gaps": 0, "truncated_messages": 0,
-                "enobufs": 0, "rcvbuf_bytes": 8 << 20}
+    def stats(self) -> NflogStats:
+        return NflogStats(packets=self.received, receive_buffer_bytes=8 << 20)
 
     def close(self) -> None:
         self.closed = True

@@ -65,3 +65,40 @@ def test_replay_of_files_that_are_not_captures(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
     # Nothing was read: no table of zeros that would look like a result.
     assert "classified flows:" not in result.stdout
+
+
+ACTIONS = ("install", "remove", "show", "check")
+HELPS = [["run"], ["replay"], ["rules"], *[["rules", action] for action in ACTIONS]]
+
+
+@pytest.mark.parametrize("argv", HELPS, ids=[" ".join(a) for a in HELPS])
+def test_help_texts_have_no_empty_or_doubled_defaults(argv: list[str]) -> None:
+    text = " ".join(resetwatch(*argv, "--help").stdout.split())  # argparse wraps lines
+    assert "(default: )" not in text
+    assert "(empty: all)" not in text and "(default: all)" not in text
+
+
+def test_run_listen_names_the_api_and_rules_actions_have_their_own_help() -> None:
+    run = " ".join(resetwatch("run", "--help").stdout.split())
+    assert "--listen ADDR:PORT HTTP address of /metrics, /healthz and the local API" in run
+    rules = resetwatch("rules", "--help").stdout
+    for action in ACTIONS:
+        assert f"    {action} " in rules
+    install = " ".join(resetwatch("rules", "install", "--help").stdout.split())
+    assert "--dry-run print what would be applied" in install
+    assert "--dry-run" not in resetwatch("rules", "check", "--help").stdout
+    check = " ".join(resetwatch("rules", "check", "--help").stdout.split())
+    assert "Exit 0 when the installed rules equal the configured ones" in check
+
+
+def test_rules_never_imports_the_daemon() -> None:
+    code = (
+        "import sys\n"
+        "from resetwatch import cli\n"
+        "cli.main(['rules', 'install', '--dry-run', '--config', '/dev/null', '--backend', 'nft'])\n"
+        "assert 'resetwatch.daemon' not in sys.modules, 'rules imported the daemon'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={"PYTHONPATH": str(ROOT / "agent")}, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "table inet resetwatch" in result.stdout

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from resetwatch.config import SETTINGS, Config, ConfigError, example_toml, load
+from resetwatch.rules.spec import RuleSpec
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -37,6 +38,10 @@ BAD = [
     ("probability = 1e-12", "probability = 1e-12 is not allowed: must be a number at least"),
     ('interfaces = ["eth 0"]', "interfaces = ['eth 0'] is not allowed: must be a list"),
     ('interfaces = ["eth*"]', "interfaces = ['eth*'] is not allowed: must be a list"),
+    ('interfaces = ["eth0\\n"]', "interfaces = ['eth0\\n'] is not allowed: must be a list"),
+    ("records_keep = 0", "records_keep = 0 is not allowed: must be a whole number from 1"),
+    ("records_max_bytes = -1", "records_max_bytes = -1 is not allowed: must be a whole number"),
+    ("nflog_buffer_max = 1024", "nflog_buffer_max = 1024 is not allowed: must be a whole number"),
     ('probability = "x"', "probability = 'x' is not allowed: must be a number"),
     ("label = 128", "label = 128 is not allowed: must be a whole number from 0 to 127"),
     ('backend = "pf"', "backend = 'pf' is not allowed: must be one of auto, iptables, "),
@@ -75,3 +80,17 @@ def test_example_config_is_valid_toml_listing_every_key(tmp_path: Path) -> None:
     data = tomllib.loads(uncommented)
     assert list(data) == [s.key for s in SETTINGS]
     assert load(write(tmp_path, uncommented)) == Config()
+
+
+def test_config_fields_are_the_settings_with_their_defaults() -> None:
+    config = Config()
+    assert all(getattr(config, s.key) == s.default for s in SETTINGS)
+    assert all(type(getattr(config, s.key)) is type(s.check(s.default)) for s in SETTINGS)
+
+
+@pytest.mark.parametrize("name", ["eth0\n", "eth0\nx", "\neth0", "eth0 ", ""])
+def test_an_interface_name_with_a_newline_is_refused_everywhere(name: str) -> None:
+    with pytest.raises(ConfigError):
+        load(None, {"interfaces": [name]})
+    with pytest.raises(ValueError, match="in_interfaces"):
+        RuleSpec(in_interfaces=(name,))

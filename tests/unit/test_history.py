@@ -343,6 +343,7 @@ def test_the_loop_saves_every_minute_of_its_clock_and_at_stop(tmp_path: Path) ->
         saves = []
         for _ in range(int(HISTORY_SAVE_EVERY) + 5):  # each step is a second on the fake clock
             agent.step()
+            agent.saver.wait()  # the save runs in a worker thread, off the loop
             saves.append(path.exists())
         first = saves.index(True)
         assert HISTORY_SAVE_EVERY - 2 <= first <= HISTORY_SAVE_EVERY + 1, first

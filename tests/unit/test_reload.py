@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Optional
 
 import pytest
 
 from resetwatch.config import Config
 from resetwatch.daemon import Agent
+from resetwatch.nflog import NflogStats
 from resetwatch.packet import ParseResult
 from resetwatch.rules import RuleSpec
 from resetwatch.rules.base import RulesError
@@ -20,9 +22,8 @@ class NoTraffic:
     def batches(self, timeout: float) -> Iterator[list[ParseResult]]:
         return iter(())
 
-    def stats(self) -> dict[str, int]:
-        return {"packets": 0, "seq_gaps": 0, "truncated_messages": 0, "enobufs": 0,
-                "rcvbuf_bytes": 0}
+    def stats(self) -> NflogStats:
+        return NflogStats()
 
     def close(self) -> None:
         pass
@@ -105,5 +106,44 @@ def test_reload_reopens_the_records_file_for_logrotate(tmp_path) -> None:
         agent.reload()
         assert path.exists()  # a fresh file at the configured path
         assert agent.health.reloads == 1
+    finally:
+        agent.stop()
+
+
+class ResizableSource(NoTraffic):
+    def __init__(self) -> None:
+        self.limits: list[int] = []
+
+    def set_rcvbuf_max(self, size: int) -> None:
+        self.limits.append(size)
+
+
+def test_reload_applies_a_new_nflog_buffer_max() -> None:
+    source = ResizableSource()
+    pending = [Config(listen="127.0.0.1:0", state_dir="", no_rules=True)]
+    agent = Agent(pending[0], reload=lambda: pending[0], open_source=lambda c, k: source)
+    agent.start()
+    try:
+        agent.reload()  # unchanged: left alone
+        pending[0] = replace(pending[0], nflog_buffer_max=1 << 20)
+        agent.reload()
+        assert source.limits == [1 << 20]
+        assert agent.config.nflog_buffer_max == 1 << 20
+    finally:
+        agent.stop()
+
+
+def test_sighup_reloads_off_the_loop_then_applies_in_it() -> None:
+    pending = [Config(listen="127.0.0.1:0", state_dir="", no_rules=True)]
+    agent = Agent(pending[0], reload=lambda: pending[0], open_source=lambda c, k: NoTraffic())
+    agent.start()
+    try:
+        pending[0] = replace(pending[0], max_flows=7)
+        agent._reload = True  # what SIGHUP sets
+        for _ in range(1000):
+            agent.step(timeout=0.01)
+            if agent.health.reloads:
+                break
+        assert agent.engine.table.max_flows == 7 and agent.health.reloads == 1
     finally:
         agent.stop()

@@ -15,6 +15,7 @@ from resetwatch.classify import Category, Tag
 from resetwatch.flows import Exclusion
 from resetwatch.history import History
 from resetwatch.metrics import AgentHealth, FlowCounts, build_registry
+from resetwatch.nflog import NflogStats
 from resetwatch.server import HttpServer
 from resetwatch.status import resolve_agent, url_from_listen
 
@@ -29,11 +30,11 @@ def serve(with_api: bool = True, packets: int = 1234) -> HttpServer:
     judge(history, NOW - 300, Category.NO_MATCH, 9)
     judge(history, NOW - 80000, Category.POST_SYN, 50)  # in the last day, not the last hour
     exclude(history, NOW, Exclusion.TRUNCATED, 2)
-    health = AgentHealth(probability=0.001, max_flows=5000, rules_present=True)
+    health = AgentHealth(probability=0.001, max_flows=5000,
+                         nflog=NflogStats(packets=packets, lost_seq_gap=7))
+    health.rules.present = True
     health.flows_active = lambda: 17
     health.last_packet_age = lambda: 2.5
-    health.nflog_packets = packets
-    health.nflog_lost["seq_gap"] = 7
     server = HttpServer(("127.0.0.1", 0), build_registry(FlowCounts(), health),
                         lambda: (True, "ok"))  # fmt: skip
     if with_api:

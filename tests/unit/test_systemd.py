@@ -17,6 +17,7 @@ import pytest
 from resetwatch import cli
 from resetwatch.config import Config
 from resetwatch.daemon import Agent
+from resetwatch.nflog import NflogStats
 from resetwatch.notify import Notifier
 from resetwatch.packet import ParseResult
 
@@ -61,9 +62,8 @@ class IdleSource:
             self.release.wait(10)
         return iter(())
 
-    def stats(self) -> dict[str, int]:
-        return {"packets": 0, "seq_gaps": 0, "truncated_messages": 0, "enobufs": 0,
-                "rcvbuf_bytes": 0}
+    def stats(self) -> NflogStats:
+        return NflogStats()
 
     def close(self) -> None:
         self.closed = True
@@ -191,8 +191,7 @@ def test_sigterm_sends_stopping_and_exits_zero(notify_socket, tmp_path: Path) ->
         "    def batches(self, timeout):\n"
         "        import time; time.sleep(min(timeout, 0.2)); return iter(())\n"
         "    def stats(self):\n"
-        "        return dict(packets=0, seq_gaps=0, truncated_messages=0, enobufs=0,"
-        " rcvbuf_bytes=0)\n"
+        "        from resetwatch.nflog import NflogStats; return NflogStats()\n"
         "    def close(self): pass\n"
         "agent = Agent(Config(listen='127.0.0.1:0', no_rules=True, state_dir=''),"
         " open_source=lambda c, k: Idle())\n"

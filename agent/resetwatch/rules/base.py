@@ -21,9 +21,8 @@ when the program does not exist.
 
 LOCK_WAIT = 5
 """Seconds an iptables tool waits for the xtables lock (`-w 5`) before it fails. The agent
-checks its rules from the packet loop, whose watchdog (WatchdogSec=30s) must keep hearing
-from it while another program (a firewall reload) holds the lock: a held lock becomes a
-logged rules error and a later retry, not a restart."""
+checks its rules in a thread of its own (rules/keeper.py), never in the packet loop: a lock
+held by another program (a firewall reload) becomes a counted timeout and a later retry."""
 
 COMMAND_TIMEOUT = 15.0
 """Seconds one tool may take in all, lock wait included: a hung tool must become an error the
@@ -32,7 +31,18 @@ daemon can report, not a hung agent."""
 
 class RulesError(Exception):
     """A rules tool failed. The message is one line: the command and the first useful line of
-    its stderr, so it fits a log line and a `resetwatch rules check` answer."""
+    its stderr, so it fits a log line and a `resetwatch rules check` answer. `timed_out` says
+    the tool gave up waiting (the xtables lock held elsewhere) or never answered: the state
+    of the rules is then unknown, not wrong."""
+
+    def __init__(self, message: str, *, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
+
+
+LOCK_HELD = "xtables lock"
+"""What iptables says when it stopped waiting for the lock ("Another app is currently
+holding the xtables lock. Stopped waiting after 5s.")."""
 
 
 def run_local(argv: list[str], stdin: Optional[str]) -> subprocess.CompletedProcess[str]:
@@ -116,7 +126,9 @@ class RulesBackend(ABC):
         except FileNotFoundError as err:
             raise RulesError(f"`{command}` failed: {argv[0]} not found ({err})") from err
         except subprocess.TimeoutExpired as err:
-            raise RulesError(f"`{command}` failed: no answer after {err.timeout:g} s") from err
+            raise RulesError(
+                f"`{command}` failed: no answer after {err.timeout:g} s", timed_out=True
+            ) from err
         except OSError as err:
             raise RulesError(f"`{command}` failed: {err}") from err
         if check and result.returncode != 0:
@@ -129,7 +141,8 @@ class RulesBackend(ABC):
         """The one-line error for a command that exited non-zero."""
         return RulesError(
             f"`{' '.join(argv)}` failed (exit {result.returncode}): "
-            f"{self.explain(first_useful_line(result.stderr or ''), stdin)}"
+            f"{self.explain(first_useful_line(result.stderr or ''), stdin)}",
+            timed_out=LOCK_HELD in (result.stderr or ""),
         )
 
     def explain(self, message: str, stdin: Optional[str]) -> str:

@@ -51,8 +51,10 @@ MAX_MAX_PACKETS = 1000
 
 # Linux interface names are at most 15 bytes. We accept a conservative character set so that a
 # name never needs quoting in either tool's syntax; a trailing "+" is the iptables wildcard
-# ("eth+" = every name starting with "eth"), rendered as "eth*" for nft.
-IFNAME = re.compile(r"^[A-Za-z0-9_.@:-]{1,15}\+?$")
+# ("eth+" = every name starting with "eth"), rendered as "eth*" for nft. Anchored with \A and
+# \Z and used with fullmatch: `$` also matches before a final newline, and "eth0\n" would split
+# the rule text.
+IFNAME = re.compile(r"\A[A-Za-z0-9_.@:-]{1,15}\+?\Z")
 
 
 def _int_in(value: object, low: int, high: int) -> bool:
@@ -137,7 +139,7 @@ class RuleSpec:
         names = cls._sequence("in_interfaces", value)
         checked: set[str] = set()
         for name in names:
-            if not isinstance(name, str) or not IFNAME.match(name):
+            if not isinstance(name, str) or not IFNAME.fullmatch(name):
                 raise ValueError(
                     f"in_interfaces: {name!r} is not allowed; use interface names of 1..15 "
                     "letters, digits or _.@:- with an optional trailing + as a wildcard "

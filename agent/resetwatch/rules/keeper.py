@@ -1,0 +1,163 @@
+"""The rules keeper: owns the installed sampling rules for the agent's whole run.
+
+It installs them at start, checks them (and puts them back) in a thread of its own, swaps
+them on reload, and removes them at stop. The checks never run in the packet loop: with the
+xtables lock held by another program, one check can take the tool's lock wait (5 s) or its
+whole timeout (15 s), and a loop blocked that long loses packets. The next check starts
+`interval` seconds after the last one ended, so a slow check never makes checks back to back.
+One lock orders the tool runs: a check, a reload's swap and the final removal never overlap.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from ..periodic import Worker
+from .base import RulesBackend, RulesError
+from .spec import RuleSpec
+
+log = logging.getLogger("resetwatch")
+
+
+@dataclass
+class RulesState:
+    """What the keeper knows, read by the metrics collector and /healthz."""
+
+    present: bool = False
+    """The installed rules were as configured at the last check that finished."""
+    managed: bool = True
+    repairs: int = 0
+    checks: int = 0
+    timeouts: int = 0
+    """Checks or repairs that gave up waiting (`RulesError.timed_out`)."""
+    last_check_seconds: float = 0.0
+    checking_since: Optional[float] = None
+    """When the check now running started (None between checks), on the keeper's clock."""
+
+
+class RulesKeeper:
+    def __init__(
+        self,
+        backend_for: Callable[[str], RulesBackend],
+        *,
+        interval: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+        state: Optional[RulesState] = None,
+    ) -> None:
+        self._backend_for = backend_for
+        self.clock = clock
+        self.state = state or RulesState()
+        self.backend: Optional[RulesBackend] = None
+        self.backend_name = ""
+        self.spec: Optional[RuleSpec] = None
+        self._lock = threading.Lock()
+        self._worker = Worker("rules check", interval, self.check, clock)
+        self._started = False
+
+    @property
+    def interval(self) -> float:
+        return self._worker.seconds
+
+    @interval.setter
+    def interval(self, seconds: float) -> None:
+        self._worker.seconds = seconds
+
+    def install(self, backend_name: str, spec: RuleSpec) -> None:
+        """At start: install the rules (RulesError/ValueError when that fails), then begin
+        the periodic checks."""
+        with self._lock:
+            backend = self._backend_for(backend_name)
+            backend.install(spec)
+            self.backend, self.backend_name, self.spec = backend, backend_name, spec
+            self.state.present = True
+        if not self._started:
+            self._started = True
+            self._worker.start()
+
+    def check(self) -> None:
+        """One check, and a repair when the rules differ (never raises)."""
+        with self._lock:
+            backend, spec = self.backend, self.spec
+            if backend is None or spec is None:
+                return
+            state = self.state
+            started = state.checking_since = self.clock()
+            try:
+                self._check(backend, spec)
+            except RulesError as error:
+                if error.timed_out:
+                    # The rules were not seen: keep what the last check knew.
+                    state.timeouts += 1
+                    log.warning("rules check gave up waiting: %s", error)
+                else:
+                    state.present = False
+                    log.error("rules check failed: %s", error)
+            finally:
+                state.checks += 1
+                state.checking_since = None
+                state.last_check_seconds = max(0.0, self.clock() - started)
+
+    def _check(self, backend: RulesBackend, spec: RuleSpec) -> None:
+        differences = backend.check(spec)
+        if not differences:
+            self.state.present = True
+            return
+        log.warning("rules changed or missing (%s): putting them back", differences[0])
+        self.state.present = False
+        backend.install(spec)
+        self.state.repairs += 1
+        self.state.present = not backend.check(spec)
+
+    def swap(self, backend_name: Optional[str], spec: Optional[RuleSpec], *, remove: bool) -> None:
+        """A reload: make the installed rules those of `spec` with `backend_name` (None: stop
+        managing rules, removing ours when `remove`). On failure (RulesError) the old rules
+        are put back where they were taken away; the periodic check repairs the rest."""
+        with self._lock:
+            current = self.backend
+            if backend_name is None or spec is None:
+                if current is not None and remove:
+                    current.remove()
+                self.backend, self.spec = None, None
+                self.state.managed = False
+                return
+            if current is not None and backend_name == self.backend_name:
+                current.install(spec)
+            else:
+                fresh = self._backend_for(backend_name)
+                if current is not None:
+                    current.remove()
+                try:
+                    fresh.install(spec)
+                except RulesError:
+                    if current is not None and self.spec is not None:
+                        current.install(self.spec)
+                    raise
+                self.backend = fresh
+            self.backend_name, self.spec = backend_name, spec
+            self.state.present = True
+            self.state.managed = True
+        if not self._started:
+            self._started = True
+            self._worker.start()
+
+    def stop(self, *, remove: bool) -> str:
+        """End the checks (waiting for one in progress), then remove the rules when `remove`.
+        Never raises: a failed removal is logged. Returns what became of the rules, for the
+        stop line: removed, kept (keep_rules), not installed, or NOT removed."""
+        self._worker.stop()
+        with self._lock:
+            backend, self.backend = self.backend, None
+            outcome = "not installed" if backend is None else "kept (keep_rules)"
+            if backend is not None and remove:
+                outcome = "removed"
+                try:
+                    backend.remove()
+                except RulesError as error:
+                    log.error("could not remove the rules: %s", error)
+                    outcome = "NOT removed (see above)"
+            self.state.present = False
+        return outcome
