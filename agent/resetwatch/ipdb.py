@@ -486,7 +486,9 @@ class Ipdb:
             except Exception as error:
                 self.lookup_errors += 1
                 if self.lookup_errors == 1:
-                    log.error("ipdb %s: lookup failed: %s", db.info.path, _one_line(error))
+                    # Not the reader's message: it holds the address.
+                    log.error("ipdb %s: a lookup failed (%s): the file is damaged; no answer "
+                              "until it is replaced", db.info.path, type(error).__name__)
                 length = None
                 continue
             if length is not None and prefix > length:

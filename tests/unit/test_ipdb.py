@@ -361,13 +361,13 @@ def test_two_files_cache_by_the_longer_prefix(tmp_path: Path) -> None:
 
 
 def test_cache_is_bounded(tmp_path: Path) -> None:
-    db = Ipdb([write_db(tmp_path / "many.mmdb", "GeoLite2-ASN", carved("10.0.0.0/12", 24, 1))],
-              cache_size=500)
+    db = Ipdb([write_db(tmp_path / "many.mmdb", "GeoLite2-ASN", carved("10.0.0.0/14", 24, 1))],
+              cache_size=200)
     rng = random.Random(11)
     for _ in range(20000):
-        address = bytes([10, rng.randrange(16), rng.randrange(256), rng.randrange(256)])
+        address = bytes([10, rng.randrange(4), rng.randrange(256), rng.randrange(256)])
         assert db.lookup(address).asn == 1 + (address[1] << 8) + address[2]
-        assert db.cached <= 500
+        assert db.cached <= 200
     assert db.cache_hits > 0
 
 
@@ -479,6 +479,23 @@ def test_file_rewritten_in_place_with_garbage_leaves_the_loaded_copy_intact(
     replace(asn, lambda tmp: dbip_asn(tmp, asn=64501))
     assert db.maybe_reload() is True
     assert list(copies.iterdir()) == []
+
+
+def test_a_failing_lookup_is_no_answer_and_logs_no_address(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = dbip_asn(tmp_path / "asn.mmdb", asn=64500)
+    db = Ipdb([path], private_copy=False)
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        f.write(b"\xff" * size)  # in place, same size: the mapping sees it, no SIGBUS
+    with caplog.at_level(logging.ERROR, logger="resetwatch"):
+        assert db.lookup(packed("192.0.2.77")) is NO_NETWORK
+        assert db.lookup(packed("192.0.2.77")) is NO_NETWORK  # not cached: asked again
+    assert db.lookup_errors == 2
+    assert len(caplog.records) == 1
+    assert path in caplog.text
+    assert "192.0.2" not in caplog.text
 
 
 TRUNCATE_IN_PLACE = """
