@@ -336,6 +336,7 @@ class _PrefixCache:
         self.probe: list[tuple[int, dict[int, Network]]] = []
         self._probed: set[int] = set()
         self._floor = 0
+        self._puts = 0
         self.size = 0
 
     def get(self, value: int) -> Optional[Network]:
@@ -354,9 +355,15 @@ class _PrefixCache:
         if key not in table:
             table[key] = network
             self.size += 1
+        self._puts += 1
+        if self._puts % 4096 == 0:  # weights follow recent real lookups, not all since start
+            self.weights = {n: w >> 1 for n, w in self.weights.items()}
+            self._floor >>= 1
         weight = self.weights[length] = self.weights.get(length, 0) + 1
+        # Some hysteresis, so that two lengths of about the same weight do not re-rank at
+        # every put.
         if length not in self._probed and (
-            len(self.probe) < CACHE_PROBES or weight > self._floor
+            len(self.probe) < CACHE_PROBES or weight > self._floor * 9 // 8 + 1
         ):
             ranked = sorted(self.weights, key=lambda n: -self.weights[n])[:CACHE_PROBES]
             self.probe = [(n, self.tables[n]) for n in ranked]

@@ -18,7 +18,8 @@ purpose: a flapping label would start and stop series, and every start is a new 
 inflated by 2 ** (t / half_life) (a later flow weighs more), which ranks names exactly as
 decayed scores would; they are rescaled, all at once, before the factor gets large. The
 ranking itself is redone at most once per `recompute_every` seconds. Memory is bounded: at
-most `max_candidates` names besides the members keep a score (the lowest are dropped).
+most 2 `max_candidates` names keep a score (pruned to the highest `max_candidates` besides
+the members).
 
 `observe` and `tick` belong to one thread (the packet loop); `members`, `label` and the
 counters can be read from any thread.
@@ -71,7 +72,8 @@ class TopN:
         self.max_distinct = max_distinct
         self._clock = clock
         self._rate = math.log(2.0) / half_life  # e-folds per second
-        self._prune_at = self.max_candidates + max(16, self.max_candidates // 4)
+        # Pruning halves the table: amortised, a few dict operations per new name.
+        self._prune_at = 2 * self.max_candidates
         self._scores: dict[str, float] = {}
         self._base = clock()
         self._next_recompute = self._base
@@ -181,8 +183,17 @@ class TopN:
         """Keep the members and the `max_candidates` highest other names."""
         scores = self._scores
         members = self._member_set
-        others = (name for name in scores if name not in members)
-        keep = heapq.nlargest(self.max_candidates, others, key=scores.__getitem__)
-        kept = {name: scores[name] for name in keep}
-        kept.update((name, scores[name]) for name in members if name in scores)
+        others = sorted(score for name, score in scores.items() if name not in members)
+        if len(others) <= self.max_candidates:
+            return
+        cut = others[-self.max_candidates]
+        kept = {name: score for name, score in scores.items() if score > cut or name in members}
+        # Names tied at the cut fill the places left (a flood at one instant is all ties).
+        room = self.max_candidates + len(members) - len(kept)
+        for name, score in scores.items():
+            if room <= 0:
+                break
+            if score == cut and name not in kept:
+                kept[name] = score
+                room -= 1
         self._scores = kept

@@ -344,6 +344,26 @@ def test_a_flood_inside_one_network_costs_one_lookup_per_database_network(
     assert db.misses == 2000
 
 
+def test_a_flood_in_an_unmapped_range_gets_cached_after_other_traffic(tmp_path: Path) -> None:
+    # Five prefix lengths busy first (more than the cache probes), then a flood of random
+    # sources in a /16 the database has nothing for: its one miss network must become
+    # probed, or every flood packet would cost a real lookup.
+    networks: dict[str, Any] = {}
+    for second, length in enumerate((20, 22, 24, 26, 28)):
+        networks.update(carved(f"10.{second}.0.0/16", length, 1000 * (second + 1)))
+    db = Ipdb([write_db(tmp_path / "lengths.mmdb", "GeoLite2-ASN", networks)])
+    rng = random.Random(9)
+    for _ in range(2000):
+        db.lookup(bytes([10, rng.randrange(5), rng.randrange(256), rng.randrange(256)]))
+    warm = db.db_lookups
+    for number in range(6000):
+        assert db.lookup(bytes([10, 99, rng.randrange(256), rng.randrange(256)])) is NO_NETWORK
+        if number == 3000:
+            half = db.db_lookups
+    assert half - warm <= warm  # bounded by the weight of the earlier traffic
+    assert db.db_lookups == half  # and then none at all
+
+
 def test_two_files_cache_by_the_longer_prefix(tmp_path: Path) -> None:
     asn = write_db(tmp_path / "asn.mmdb", "GeoLite2-ASN", carved("10.20.0.0/16", 24, 100))
     country = write_db(tmp_path / "country.mmdb", "GeoLite2-Country", {

@@ -171,6 +171,18 @@ def test_a_flood_of_names_stays_within_n_plus_1_labels_and_bounded_memory() -> N
     assert top.members() == {f"AS{i}" for i in range(n)}
 
 
+def test_a_flood_at_one_instant_is_pruned_too() -> None:
+    # All flood names tie; pruning must still shrink the table (and keep the members).
+    clock = Clock()
+    top = TopN(3, clock=clock, max_candidates=10)
+    run(top, clock, 60, 2, {"A": 5, "B": 4, "C": 3})
+    for i in range(10000):
+        top.observe(f"flood{i}")
+        assert len(top._scores) < 2 * 10 + 1
+    assert {"A", "B", "C"} <= set(top._scores)
+    assert top.members() == {"A", "B", "C"}
+
+
 def test_distinct_seen_is_bounded() -> None:
     clock = Clock()
     top = TopN(2, clock=clock, max_distinct=100)
