@@ -76,6 +76,7 @@ class Network(NamedTuple):
 
 
 NO_NETWORK = Network(None, None, None, None)
+_NONE4: list[Any] = [None, None, None, None]
 
 
 class IpdbFile(NamedTuple):
@@ -126,7 +127,7 @@ def _code(value: Any) -> Optional[str]:
 
 def _nested(record: Mapping[str, Any], outer: str, inner: str) -> Any:
     part = record.get(outer)
-    return part.get(inner) if isinstance(part, Mapping) else None
+    return part.get(inner) if isinstance(part, dict) else None
 
 
 def _asn_maxmind(record: Mapping[str, Any]) -> Optional[int]:
@@ -176,8 +177,8 @@ _FLAT: dict[str, Getter] = {
 _KEYS: tuple[tuple[str, Callable[[Mapping[str, Any]], bool], Getter], ...] = (
     ("asn", lambda r: "autonomous_system_number" in r, _asn_maxmind),
     ("as_name", lambda r: "autonomous_system_organization" in r, _as_name_maxmind),
-    ("country", lambda r: isinstance(r.get("country"), Mapping), _country_nested),
-    ("continent", lambda r: isinstance(r.get("continent"), Mapping), _continent_nested),
+    ("country", lambda r: isinstance(r.get("country"), dict), _country_nested),
+    ("continent", lambda r: isinstance(r.get("continent"), dict), _continent_nested),
     ("asn", lambda r: "asn" in r, _asn_flat),
     ("as_name", lambda r: "as_name" in r, _as_name_flat),
     ("country", lambda r: "country_code" in r or isinstance(r.get("country"), str),
@@ -202,7 +203,7 @@ def _getters(database_type: str, records: Iterable[Any]) -> dict[str, Getter]:
     """Which field each getter reads, from the database type and the keys of sample records."""
     found = _known_type(database_type)
     for record in records:
-        if not isinstance(record, Mapping):
+        if not isinstance(record, dict):  # the readers decode maps to dicts
             continue
         for field, present, getter in _KEYS:
             if field not in found and present(record):
@@ -482,11 +483,15 @@ class Ipdb:
         )
         values: list[Any] = [None, None, None, None]
         length: Optional[int] = 0
+        v6 = len(address) == 16
         for db in dbs:
-            if all(values[index] is not None for index, _ in db.getters):
-                continue  # earlier files answered everything this one could
-            if len(address) == 16 and db.info.ip_version == 4:
+            if v6 and db.info.ip_version == 4:
                 continue  # an IPv4-only file has no IPv6 answer, for all of IPv6
+            for index, _ in db.getters:
+                if values[index] is None:
+                    break
+            else:
+                continue  # earlier files answered everything this one could
             self.db_lookups += 1
             try:
                 record, prefix = db.reader.get_with_prefix_len(ip)
@@ -500,13 +505,18 @@ class Ipdb:
                 continue
             if length is not None and prefix > length:
                 length = prefix
-            if isinstance(record, Mapping):
+            if isinstance(record, dict):
                 for index, getter in db.getters:
                     if values[index] is None:
                         values[index] = getter(record)
-        if all(value is None for value in values):
+        if values == _NONE4:
             return NO_NETWORK, length
         return Network(*values), length
+
+    def close(self) -> None:
+        """Close the readers (when no lookup runs any more: replay's end, tests)."""
+        for db in self._state.dbs:
+            db.reader.close()
 
     # - reloads -
 

@@ -144,6 +144,9 @@ def test_geolite2_test_files_ipv4_and_ipv6() -> None:
     assert db.lookup(packed("1.1.1.1")) is NO_NETWORK
     assert db.lookup(packed("2001:db8::1")) is NO_NETWORK
     assert (db.lookups, db.hits, db.misses) == (8, 6, 2)
+    assert [(f.database_type, f.build_epoch, f.ip_version) for f in db.files] == [
+        ("GeoLite2-ASN", 1770245369, 6), ("GeoLite2-Country", 1770245369, 6)]
+    db.close()
 
 
 def test_geolite2_city_answers_country_and_continent() -> None:
