@@ -8,18 +8,19 @@ purpose: a flapping label would start and stop series, and every start is a new 
 - A name enters when its decayed volume ranks it in the top N and a place is free (at most N
   members: with "other", at most N + 1 label values).
 - A member leaves only after `leave_after` (a day) continuously outside the top 2N; a member
-  ranked between N and 2N holds its place.
+  ranked between N and 2N holds its place, so a newcomer in the top N may wait for one.
+  "Continuously" is as seen by the rankings (each `recompute_every`, on `observe` or `tick`).
 - A new member's series starts at 0 at entry: its flows until then were counted under "other"
   (the caller creates the series when `observe` first returns the name, and removes the
   series of names that left). So sums over a fleet undercount a network that some agents fold
   into "other" and others do not; the share within one series stays right.
 
-`observe` is O(1): one dict update with a score that never needs decaying. Scores are stored
-inflated by 2 ** (t / half_life) (a later flow weighs more), which ranks names exactly as
-decayed scores would; they are rescaled, all at once, before the factor gets large. The
-ranking itself is redone at most once per `recompute_every` seconds. Memory is bounded: at
-most 2 `max_candidates` names keep a score (pruned to the highest `max_candidates` besides
-the members).
+`observe` is O(1) amortised: one dict update with a score that never needs decaying.
+Scores are stored inflated by 2 ** (t / half_life) (a later flow weighs more), which ranks
+names exactly as decayed scores would; they are rescaled, all at once, before the factor gets
+large. The ranking itself is redone at most once per `recompute_every` seconds. Memory is
+bounded: at most 2 `max_candidates` names keep a score (pruned to the highest
+`max_candidates` besides the members).
 
 `observe` and `tick` belong to one thread (the packet loop); `members`, `label` and the
 counters can be read from any thread.
@@ -72,7 +73,7 @@ class TopN:
         self.max_distinct = max_distinct
         self._clock = clock
         self._rate = math.log(2.0) / half_life  # e-folds per second
-        # Pruning halves the table: amortised, a few dict operations per new name.
+        # Pruning halves the table: amortised O(log) per new name.
         self._prune_at = 2 * self.max_candidates
         self._scores: dict[str, float] = {}
         self._base = clock()
