@@ -81,6 +81,19 @@ def _add_replay(sub: Any) -> None:
         "(default: 10, or the preset's)",
     )
     p.add_argument(
+        "--ipdb",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="MaxMind DB file naming each client's network (repeatable: an ASN file and a "
+        "country file, or one with both); records then carry asn, as_name and country",
+    )
+    p.add_argument(
+        "--by",
+        choices=("asn", "country"),
+        help="also split the summary by client network or country (needs --ipdb)",
+    )
+    p.add_argument(
         "--preset",
         choices=sorted(PRESETS),
         help="named clock settings: 'paper' judges 3 s of silence a timeout, as the SIGCOMM "
@@ -143,6 +156,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
         is_ingress = ingress_filter(args.server)
     except ValueError as error:
         raise UsageError(str(error)) from None
+    if args.by and not args.ipdb:
+        raise UsageError(f"--by {args.by} needs --ipdb (which database names the networks)")
+    network_of = None
+    if args.ipdb:
+        from .ipdb import IpdbError
+        from .networks import Networks
+
+        try:
+            network_of = Networks.open(args.ipdb).of
+        except IpdbError as error:
+            raise UsageError(f"--ipdb: {error}") from None
     summary = Summary()
     out: IO[str] = sys.stderr if args.records == STDOUT else sys.stdout
     outputs = OutputSet(time.monotonic, say=lambda line: None)  # reported once, below
@@ -155,6 +179,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         idle_timeout=args.idle_timeout,
         close_linger=args.close_linger,
         max_flows=args.max_flows,
+        network_of=network_of,
     )
     try:
         stats = replay(args.files, engine, is_ingress)
@@ -178,7 +203,7 @@ def _print_replay(
     from . import envelope
     from .api import iso
     from .flows import Exclusion
-    from .report import summary_table
+    from .report import network_rows, network_table, summary_table
 
     tally = summary.tally
     invalid = {reason.value: count for reason, count in invalid_by.items()}
@@ -202,6 +227,8 @@ def _print_replay(
         body: dict[str, Any] = (
             envelope.summary(meta, {"summary_0": tally}) if readable else {"result": None}
         )
+        if readable and args.by:
+            body["result"][f"by_{args.by}"] = network_rows(tally, args.by, summary.as_names)
         if stats.errors:
             body["success"] = False
             body["errors"] = [{"code": EXIT_USAGE, "message": line} for line in stats.errors]
@@ -214,6 +241,8 @@ def _print_replay(
         if args.server:
             extra.append(("egress skipped", f"{stats.egress:,}"))
         out.write(summary_table(tally, title="resetwatch replay", extra=extra, invalid=invalid))
+        if args.by:
+            out.write(network_table(tally, args.by, summary.as_names))
     for line in stats.errors:
         print(f"resetwatch replay: {line}", file=sys.stderr)
     truncated = tally.excluded_by()[Exclusion.TRUNCATED]
@@ -226,11 +255,13 @@ def _print_replay(
         )
 
 
-def _setting_flag(text: str, setting: Any) -> Any:
+def _setting_flag(text: Any, setting: Any) -> Any:
     """A flag's text in the type the TOML file would give, so both are checked alike."""
     default = setting.default
     if isinstance(default, tuple):
-        items = [item.strip() for item in text.split(",") if item.strip()]
+        # A list flag is repeatable and takes comma-separated values too.
+        texts = text if isinstance(text, list) else [text]
+        items = [item.strip() for part in texts for item in part.split(",") if item.strip()]
         return [int(i) if i.isdigit() else i for i in items] if setting.key == "dports" else items
     for kind in (int, float) if not isinstance(default, str) else ():
         try:
@@ -258,7 +289,8 @@ def _add_settings(p: argparse.ArgumentParser, keys: Optional[Sequence[str]] = No
         shown = setting.default
         if isinstance(shown, tuple):
             shown = ",".join(str(v) for v in shown)
-        extra = " (comma-separated)" if isinstance(setting.default, tuple) else ""
+        repeatable = isinstance(setting.default, tuple)
+        extra = " (repeatable, or comma-separated)" if repeatable else ""
         # An empty default is already described by the help text ("empty: ...").
         default = f" (default: {shown})" if shown != "" else ""
         p.add_argument(
@@ -266,6 +298,7 @@ def _add_settings(p: argparse.ArgumentParser, keys: Optional[Sequence[str]] = No
             metavar=setting.metavar or "VALUE",
             type=str,
             default=None,
+            action="append" if repeatable else "store",
             help=f"{setting.help}{extra}{default}",
         )
 

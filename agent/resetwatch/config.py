@@ -127,6 +127,12 @@ def _names(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _paths(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(p, str) and p for p in value):
+        raise ValueError('a list of file paths, e.g. ["/var/lib/GeoIP/GeoLite2-ASN.mmdb"]')
+    return tuple(value)
+
+
 SETTINGS: tuple[Setting[Any], ...] = (
     Setting("probability", 0.0001, "share of new ingress TCP connections sampled",
             _number(MIN_PROBABILITY, 1.0, what=" (the kernel samples in steps of 1/2^31)"), "P"),
@@ -168,8 +174,18 @@ SETTINGS: tuple[Setting[Any], ...] = (
             "(applied on reload)",
             _integer(1 << 16, 1 << 30), "BYTES"),
     Setting("state_dir", "/var/lib/resetwatch",
-            "directory for state kept across restarts (the 28-day history); empty: none",
+            "directory for state kept across restarts (the history); empty: none",
             _path_or_empty, "DIR"),
+    Setting("retention_days", 28, "days of 15-minute history kept for the local API "
+            "(memory and disk per day: docs/operations.md)",
+            _integer(1, 366), "DAYS"),
+    Setting("ipdb", (), "MaxMind DB files naming each client's network (an ASN file and a "
+            "country file, or one with both: GeoLite2, DB-IP Lite, IPinfo Lite; needs the geo "
+            "extra); empty: no networks",
+            _paths, "PATH"),
+    Setting("network_top", 50, "networks and countries with a series of their own in the "
+            "metrics (the busiest; the rest count as other)",
+            _integer(1, 1000), "N"),
 )
 BY_KEY: dict[str, Setting[Any]] = {s.key: s for s in SETTINGS}
 
@@ -203,6 +219,9 @@ class Config:
     rules_check_interval: float = _default("rules_check_interval")
     nflog_buffer_max: int = _default("nflog_buffer_max")
     state_dir: str = _default("state_dir")
+    retention_days: int = _default("retention_days")
+    ipdb: tuple[str, ...] = _default("ipdb")
+    network_top: int = _default("network_top")
     source: str = field(default="defaults", compare=False)
     """Where the settings came from, for messages."""
 

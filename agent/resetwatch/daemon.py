@@ -20,7 +20,9 @@ from . import api
 from .config import Config, load, rule_spec
 from .engine import Engine
 from .history import History, HistoryFile
+from .ipdb import IpdbError
 from .metrics import AgentHealth, FlowCounts, build_registry
+from .networks import REFRESH_EVERY, Networks, attach
 from .nflog import NflogError
 from .notify import Notifier
 from .outputs import OutputSet, OutputSettings
@@ -60,7 +62,7 @@ class Agent:
         self._wall_offset = wall() - clock()
         # The in-memory outputs, built here only (their types may change).
         self.counts = FlowCounts()
-        self.history = History(self.to_wall)
+        self.history = History(self.to_wall, config.retention_days * 86400)
         # An empty state_dir keeps the history in memory only.
         self.history_file: Optional[HistoryFile] = None
         self.health = health = AgentHealth(config.probability, config.max_flows)
@@ -84,6 +86,8 @@ class Agent:
         self._watchdog = Every(5.0, self._ping, clock, due_now=True)
         self._gc = Every(GC_EVERY, self.engine.collect_cycles, clock)
         self.saver = Every(HISTORY_SAVE_EVERY, self.save_history, clock, background=True)
+        self.networks: Optional[Networks] = None
+        self._ipdb_refresh = Every(float("inf"), lambda: None, clock)  # set at start
 
     def to_wall(self, ts: float) -> float:
         return ts + self._wall_offset
@@ -114,6 +118,14 @@ class Agent:
                 self.keeper.install(config.backend, rule_spec(config))
             except (RulesError, ValueError) as error:
                 raise StartError(f"rules: {error}") from None
+        if config.ipdb:
+            try:
+                self.networks = attach(config.ipdb, config.network_top, self.clock, self.counts,
+                                       self.engine, self.registry)  # fmt: skip
+            except IpdbError as error:
+                raise StartError(f"ipdb: {error}") from None
+            self._ipdb_refresh = Every(REFRESH_EVERY, self.networks.refresh, self.clock,
+                                       background=True)  # fmt: skip
         try:
             self.http = HttpServer(config.listen_address, self.registry, self.healthy)
         except OSError as error:
@@ -170,6 +182,7 @@ class Agent:
         self._reload_step()
         self._gc.poll()
         self.saver.poll()
+        self._ipdb_refresh.poll()
         self._last_loop = now
         self._watchdog.poll()
 
@@ -201,6 +214,10 @@ class Agent:
         if new.nflog_buffer_max != self.config.nflog_buffer_max:
             set_buffer_max(self.source, new.nflog_buffer_max)
         self.keeper.interval = new.rules_check_interval
+        self.history.retention = new.retention_days * 86400
+        if self.networks is not None:  # a changed ipdb or network_top takes a restart
+            self.networks.request_reopen()
+            self._ipdb_refresh.next_at = self.clock()
         self.config = new
         self.health.probability, self.health.max_flows = new.probability, new.max_flows
         self.health.rules.managed = not new.no_rules

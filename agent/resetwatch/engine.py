@@ -5,13 +5,16 @@ from __future__ import annotations
 import gc
 from collections import Counter
 from collections.abc import Iterable, MutableMapping, Sequence
-from typing import Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from .classify import classify
 from .event import FlowEvent, Output
 from .flows import Exclusion, Flow, FlowTable
 from .packet import FieldsResult, Invalid
 from .signature import signature_of
+
+if TYPE_CHECKING:
+    from .ipdb import Network
 
 # NamedTuple's generated __new__ is a Python function; one event per flow is built directly.
 _new_event = tuple.__new__
@@ -28,8 +31,11 @@ class Engine:
         idle_timeout: float = 300.0,
         close_linger: float = 10.0,
         max_flows: int = 1_000_000,
+        network_of: Optional[Callable[[Flow], Network]] = None,
     ) -> None:
         self.outputs = outputs
+        self.network_of = network_of
+        """The client-network lookup (networks.py), once per judged flow; None: no networks."""
         self.table = FlowTable(
             self._finished,
             idle_timeout=idle_timeout,
@@ -47,9 +53,12 @@ class Engine:
         family = "4" if len(flow.key) == 12 else "6"
         if excluded is None:
             verdict = classify(flow)
-            event = _new_event(FlowEvent, (flow, family, verdict, None, signature_of(verdict)))
+            network = self.network_of(flow) if self.network_of is not None else None
+            event = _new_event(
+                FlowEvent, (flow, family, verdict, None, signature_of(verdict), network)
+            )
         else:
-            event = _new_event(FlowEvent, (flow, family, None, excluded, None))
+            event = _new_event(FlowEvent, (flow, family, None, excluded, None, None))
         for output in self.outputs:
             output.write(event)
 

@@ -13,11 +13,14 @@ by `outputs.Guarded`, which applies the failure policy; in-memory counters never
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Optional, Protocol
 
 from .classify import Verdict
 from .flows import Exclusion, Flow
 from .signature import Signature, signature_of
+
+if TYPE_CHECKING:
+    from .ipdb import Network
 
 
 class FlowEvent(NamedTuple):
@@ -32,6 +35,9 @@ class FlowEvent(NamedTuple):
     """Why the flow was counted but not classified; None for a judged flow."""
     signature: Optional[Signature] = None
     """The paper's tampering signature of the verdict (signature.py); None when excluded."""
+    network: Optional[Network] = None
+    """The client's network from the IP database (networks.py), looked up once per judged
+    flow; None without a database and for excluded flows."""
 
 
 def family_of(flow: Flow) -> str:
@@ -74,9 +80,9 @@ class CountingOutput:
 
 def judged_event(flow: Flow, verdict: Verdict) -> FlowEvent:
     """The event of a judged flow (for callers outside the engine: tests, tools)."""
-    return FlowEvent(flow, family_of(flow), verdict, None, signature_of(verdict))
+    return FlowEvent(flow, family_of(flow), verdict, None, signature_of(verdict), None)
 
 
 def excluded_event(flow: Flow, reason: Exclusion) -> FlowEvent:
     """The event of an excluded flow."""
-    return FlowEvent(flow, family_of(flow), None, reason, None)
+    return FlowEvent(flow, family_of(flow), None, reason, None, None)

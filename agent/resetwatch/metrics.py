@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable, Optional, Protocol
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -24,6 +24,7 @@ from . import __version__
 from .classify import Category, Outcome, Stage, Tag
 from .event import CountingOutput, FlowEvent
 from .flows import Exclusion, TableStats
+from .networks import NetworkCollector, NetworkLabels, Networks
 from .nflog import NflogStats
 from .packet import Invalid
 from .rules.keeper import RulesState
@@ -44,13 +45,20 @@ def _enum_help(intro: str, members: object) -> str:
 
 class FlowCounts(CountingOutput):
     """An output counting finished flows in one `Tally` (since the agent started); the
-    collector folds it into the metric families at scrape time."""
+    collector folds it into the metric families at scrape time. With `labels` (an IP
+    database is set), a second tally counts judged flows under bounded network labels."""
 
-    def __init__(self) -> None:
+    def __init__(self, labels: Optional[NetworkLabels] = None) -> None:
         self.tally = Tally()
+        self.labels = labels
+        self.networks = Tally()
 
     def write(self, event: FlowEvent) -> None:
         self.tally.add(event)
+        network = event.network
+        if network is not None and self.labels is not None:
+            asn, country = self.labels.labels(network)
+            self.networks.add(event, asn, country)
 
     def connections(self) -> dict[tuple[str, Category], int]:
         out = {(f, c): 0 for f in FAMILIES for c in Category}
@@ -321,7 +329,11 @@ class AgentCollector(Collector):
         yield failing
 
 
-def build_registry(counts: FlowCounts, health: AgentHealth) -> CollectorRegistry:
+def build_registry(
+    counts: FlowCounts, health: AgentHealth, networks: Optional[Networks] = None
+) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(AgentCollector(counts, health))
+    if networks is not None and counts.labels is not None:
+        registry.register(NetworkCollector(counts, networks))
     return registry

@@ -7,11 +7,10 @@ import json
 import os
 import stat
 import sys
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional
 
-from .classify import Verdict
 from .event import FlowEvent, Output
-from .flows import Exclusion, Flow
+from .flows import Flow
 from .packet import key_fields
 
 if TYPE_CHECKING:
@@ -20,6 +19,38 @@ if TYPE_CHECKING:
 
 def _identity(ts: float) -> float:
     return ts
+
+
+class Field(NamedTuple):
+    """One field of a record: its JSON name and type, when it is there, what it means."""
+
+    name: str
+    type: str
+    present: str
+    doc: str
+
+
+FIELDS: tuple[Field, ...] = (
+    Field("src", "string", "always", "The client's address (records hold addresses: opt-in)."),
+    Field("sport", "int", "always", "The client's port."),
+    Field("dst", "string", "always", "The server's address."),
+    Field("dport", "int", "always", "The server's port."),
+    Field("family", "int", "always", "4 or 6."),
+    Field("first_ts", "float", "always", "Epoch seconds of the flow's first packet."),
+    Field("last_ts", "float", "always", "Epoch seconds of its last packet (the history bucket)."),
+    Field("packets", "int", "always", "Ingress packets seen (at most 10)."),
+    Field("stage", "string", "judged", "How far the connection got (see Stages)."),
+    Field("outcome", "string", "judged", "How it ended (see Outcomes)."),
+    Field("category", "string", "judged", "The published bucket (see Categories)."),
+    Field("tags", "list of strings", "judged", "How it terminated, in the Tag enum's order."),
+    Field("signature", "string", "judged", "The paper's tampering signature, or none."),
+    Field("asn", "int or null", "judged, with an ipdb", "The client's autonomous system."),
+    Field("as_name", "string or null", "judged, with an ipdb", "That system's name."),
+    Field("country", "string or null", "judged, with an ipdb",
+          "The client's country, ISO 3166 alpha-2."),
+    Field("excluded", "string", "excluded", "Why the flow was counted but not classified."),
+)
+"""Every field a record can have, in the order written: the docs table comes from here."""
 
 
 def flow_fields(flow: Flow, to_wall: Callable[[float], float] = _identity) -> dict[str, Any]:
@@ -36,23 +67,60 @@ def flow_fields(flow: Flow, to_wall: Callable[[float], float] = _identity) -> di
     }
 
 
-def judged_record(
-    flow: Flow, verdict: Verdict, to_wall: Callable[[float], float] = _identity
+def event_record(
+    event: FlowEvent, to_wall: Callable[[float], float] = _identity
 ) -> dict[str, Any]:
-    record = flow_fields(flow, to_wall)
+    """The record of one finished flow (`FIELDS` says which keys, when)."""
+    record = flow_fields(event.flow, to_wall)
+    verdict = event.verdict
+    if verdict is None:
+        record["excluded"] = event.excluded.value if event.excluded is not None else None
+        return record
     record["stage"] = verdict.stage.value
     record["outcome"] = verdict.outcome.value
     record["category"] = verdict.category.value
     record["tags"] = [tag.value for tag in verdict.tags]
+    record["signature"] = event.signature.value if event.signature is not None else None
+    network = event.network
+    if network is not None:
+        record["asn"], record["as_name"], record["country"] = (
+            network.asn, network.as_name, network.country
+        )
     return record
 
 
-def excluded_record(
-    flow: Flow, reason: Exclusion, to_wall: Callable[[float], float] = _identity
-) -> dict[str, Any]:
-    record = flow_fields(flow, to_wall)
-    record["excluded"] = reason.value
-    return record
+class Record(NamedTuple):
+    """A record read back (the demo, tests, tools): typed, never string keys at the caller."""
+
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    family: int
+    first_ts: float
+    last_ts: float
+    packets: int
+    stage: Optional[str] = None
+    outcome: Optional[str] = None
+    category: Optional[str] = None
+    tags: tuple[str, ...] = ()
+    signature: Optional[str] = None
+    asn: Optional[int] = None
+    as_name: Optional[str] = None
+    country: Optional[str] = None
+    excluded: Optional[str] = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Record:
+        """From one parsed line; unknown keys (a newer agent's) are ignored."""
+        known = {f.name: data[f.name] for f in FIELDS if f.name in data}
+        if "tags" in known:
+            known["tags"] = tuple(known["tags"])
+        return cls(**known)
+
+    @property
+    def judged(self) -> bool:
+        return self.excluded is None
 
 
 STDOUT = "-"
@@ -156,12 +224,7 @@ class RecordWriter:
                 os.close(fd)
 
     def write(self, event: FlowEvent) -> None:
-        if event.verdict is not None:
-            record = judged_record(event.flow, event.verdict, self.to_wall)
-        elif event.excluded is not None:
-            record = excluded_record(event.flow, event.excluded, self.to_wall)
-        else:
-            return
+        record = event_record(event, self.to_wall)
         line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
         self._lines.append(line)
         self._buffered += len(line)

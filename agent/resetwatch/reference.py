@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import Any
 
 from .classify import Category, Outcome, Stage, Tag
 from .config import SETTINGS, _toml_value
@@ -44,11 +45,31 @@ def settings_table() -> str:
     return "\n".join(["| key | flag | default | meaning |", "|---|---|---|---|", *rows])
 
 
-def metrics_table() -> str:
-    from .metrics import AgentCollector, AgentHealth, FlowCounts
+def record_table() -> str:
+    from .records import FIELDS
 
+    rows = [f"| `{f.name}` | {f.type} | {f.present} | {f.doc} |" for f in FIELDS]
+    return "\n".join(["| field | type | present | meaning |", "|---|---|---|---|", *rows])
+
+
+def _families() -> list[Any]:
+    """Every metric family the agent can export, the per-network ones included."""
+    from .metrics import AgentCollector, AgentHealth, FlowCounts
+    from .networks import NetworkCollector, NetworkLabels, Networks
+
+    class _NoFiles:
+        files: tuple[Any, ...] = ()
+
+    counts = FlowCounts(NetworkLabels(1, lambda: 0.0))
+    networks = Networks.__new__(Networks)
+    networks.ipdb = _NoFiles()  # type: ignore[assignment]
+    return [*AgentCollector(counts, AgentHealth()).collect(),
+            *NetworkCollector(counts, networks).collect()]  # fmt: skip
+
+
+def metrics_table() -> str:
     rows = []
-    for family in AgentCollector(FlowCounts(), AgentHealth()).collect():
+    for family in _families():
         labels = sorted({k for s in family.samples for k in s.labels})
         name = family.name + ("_total" if family.type == "counter" else "")
         if family.type == "info":
@@ -68,6 +89,7 @@ BLOCKS = {
     "exclusions": lambda: _enum_table(Exclusion, "reason"),
     "invalid": lambda: _enum_table(Invalid, "reason"),
     "settings": settings_table,
+    "records": record_table,
     "metrics": metrics_table,
 }
 _BLOCK = re.compile(

@@ -20,7 +20,7 @@ from .rules.keeper import RulesKeeper
 
 log = logging.getLogger("resetwatch")
 
-RESTART_KEYS = ("listen", "nflog_group", "state_dir")
+RESTART_KEYS = ("listen", "nflog_group", "state_dir", "ipdb", "network_top")
 """Settings a reload cannot change (a bound socket, an NFLOG group, a loaded history)."""
 
 
@@ -32,7 +32,8 @@ def prepare(load: Callable[[], Config], old: Config, keeper: RulesKeeper) -> Opt
         log.error("reload refused, keeping the running config: %s", error)
         return None
     if any(getattr(new, key) != getattr(old, key) for key in RESTART_KEYS):
-        log.warning("listen, nflog_group and state_dir changes take effect after a restart")
+        changed = [key for key in RESTART_KEYS if getattr(new, key) != getattr(old, key)]
+        log.warning("%s: changes take effect after a restart", ", ".join(changed))
         new = replace(new, **{key: getattr(old, key) for key in RESTART_KEYS})
     try:
         if new.no_rules:

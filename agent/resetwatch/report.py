@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Optional
+from typing import Any, Optional
 
+from . import confidence
 from .classify import Category, Tag
 from .signature import Signature
 from .summary import percent_shares, share_cell
@@ -30,6 +31,44 @@ def signature_lines(tally: Tally) -> list[str]:
             f"  {signature.doc}"
         )
     return lines
+
+
+BY = ("asn", "country")
+"""What `--by` splits a table by: the client network (AS number) or the client country."""
+
+
+def network_rows(tally: Tally, by: str, names: Mapping[str, str]) -> list[dict[str, Any]]:
+    """Per network (or country), busiest first: the sample size, whether it is too small to
+    trust (confidence.py), and the five shares; "" is the flows no database knew."""
+    per: dict[str, Tally] = {}
+    for key, count in tally.judged.copy().items():
+        label = key.asn if by == "asn" else key.country
+        per.setdefault(label, Tally()).add_judged(key, count)
+    rows = []
+    for label, part in sorted(per.items(), key=lambda kv: (-kv[1].classified, kv[0])):
+        categories = part.categories()
+        rows.append({
+            by: (int(label) if by == "asn" else label) if label else None,
+            "name": names.get(label) if by == "asn" else None,
+            "classified": part.classified,
+            "tooSmallToTrust": confidence.too_small(part.classified),
+            "shares": percent_shares({c.value: n for c, n in categories.items()}),
+        })  # fmt: skip
+    return rows
+
+
+def network_table(tally: Tally, by: str, names: Mapping[str, str]) -> str:
+    """The `--by` table: one line per network, shares with the too-small marker."""
+    head = f"  {by:<9}{'flows':>8}  " + "".join(f"{c.value:>14}" for c in Category)
+    lines = ["", f"  by {by} (* fewer than {confidence.MIN_TRUSTED_SAMPLES} flows: "
+                 "too small to trust)", head]  # fmt: skip
+    for row in network_rows(tally, by, names):
+        label = "unknown" if row[by] is None else (f"AS{row[by]}" if by == "asn" else row[by])
+        mark = "*" if row["tooSmallToTrust"] else " "
+        shares = "".join(f"{share_cell(row['shares'][c.value]):>14}" for c in Category)
+        name = f"  {row['name']}" if row["name"] else ""
+        lines.append(f"  {label:<9}{row['classified']:>7,}{mark}  {shares}{name}")
+    return "\n".join(lines) + "\n"
 
 
 def summary_table(

@@ -52,9 +52,20 @@ class Summary(CountingOutput):
         self.tally = Tally()
         self.first_ts: Optional[float] = None
         self.last_ts: Optional[float] = None
+        self.as_names: dict[str, str] = {}
+        """AS number label -> the database's name for it, for tables."""
 
     def write(self, event: FlowEvent) -> None:
-        self.tally.add(event)
+        network = event.network
+        if network is None:
+            self.tally.add(event)
+        else:
+            # Every network its own label (a capture is bounded); "" where the database
+            # had no answer.
+            asn = str(network.asn) if network.asn is not None else ""
+            self.tally.add(event, asn, network.country or "")
+            if asn and network.as_name and asn not in self.as_names:
+                self.as_names[asn] = network.as_name
         flow = event.flow
         if self.first_ts is None or flow.first_ts < self.first_ts:
             self.first_ts = flow.first_ts

@@ -1,0 +1,168 @@
+"""Whose connections: each judged flow's client network, and bounded labels for the metrics.
+
+`Networks` wraps the IP database (ipdb.py) for the engine: one lookup per judged flow, of the
+client's address (a flow's key starts with it: the table holds ingress packets only, also in
+a replay with `--server`), never per packet; excluded flows get none.
+
+`NetworkLabels` keeps the metrics' cardinality bounded: the `network_top` busiest networks
+and countries (topn.py, stable membership) have a series of their own, every other flow and
+every lookup miss counts as `other`. A network's series starts at 0 when it enters; when it
+leaves, its series ends and its flows count as `other` from then on. `NetworkCollector`
+exports both families from the `FlowCounts.networks` tally, plus what the labels hide.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Callable
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from .classify import Category
+from .flows import Flow
+from .ipdb import Ipdb, Network
+from .tally import JudgedKey
+from .topn import OTHER, TopN
+
+if TYPE_CHECKING:
+    from .engine import Engine
+    from .metrics import FlowCounts
+
+log = logging.getLogger("resetwatch")
+
+FAMILIES = ("4", "6")
+
+
+REFRESH_EVERY = 60.0
+"""Seconds between checks that a database file was replaced (operators update monthly)."""
+
+
+class Networks:
+    """The client-network lookup of the engine (`Engine(network_of=networks.of)`)."""
+
+    def __init__(self, ipdb: Ipdb) -> None:
+        self.ipdb = ipdb
+        self._reopen = False
+
+    def request_reopen(self) -> None:
+        """SIGHUP: the next `refresh` reopens every file, changed or not."""
+        self._reopen = True
+
+    def refresh(self) -> None:
+        """Swap in replaced files (a corrupt one is refused, the old one kept). Runs in a
+        background thread: opening and checking a file never pauses the packet loop."""
+        if self._reopen:
+            self._reopen = False
+            self.ipdb.reopen()
+        else:
+            self.ipdb.maybe_reload()
+
+    @classmethod
+    def open(cls, paths: Sequence[str]) -> Networks:
+        """Raises ipdb.IpdbError with one line naming the file and the problem."""
+        return cls(Ipdb(paths))
+
+    def of(self, flow: Flow) -> Network:
+        key = flow.key
+        return self.ipdb.lookup(key[:4] if len(key) == 12 else key[:16])
+
+    def describe(self) -> list[str]:
+        return self.ipdb.describe()
+
+
+def attach(
+    paths: Sequence[str], top: int, clock: Callable[[], float], counts: FlowCounts,
+    engine: Engine, registry: CollectorRegistry,
+) -> Networks:
+    """Open the databases and wire them into the engine, the counts and the metrics; say
+    which file answers what. Raises ipdb.IpdbError (one line) when a file cannot be used."""
+    networks = Networks.open(paths)
+    counts.labels = NetworkLabels(top, clock)
+    engine.network_of = networks.of
+    registry.register(NetworkCollector(counts, networks))
+    for line in networks.describe():
+        log.info("ipdb: %s", line)
+    return networks
+
+
+class NetworkLabels:
+    """The metric label of a flow's network and country: its own, or `other`."""
+
+    def __init__(self, top: int, clock: Callable[[], float]) -> None:
+        self.asn = TopN(top, clock=clock)
+        self.country = TopN(top, clock=clock)
+        self.misses = 0
+        """Judged flows whose network the databases did not know (counted as other)."""
+
+    def labels(self, network: Network) -> tuple[str, str]:
+        asn = self.asn.observe(str(network.asn)) if network.asn is not None else OTHER
+        country = self.country.observe(network.country) if network.country else OTHER
+        if network.asn is None and network.country is None:
+            self.misses += 1
+        return asn, country
+
+
+def _by_label(field: str) -> Callable[[JudgedKey], tuple[str, Category, str]]:
+    def key(k: JudgedKey) -> tuple[str, Category, str]:
+        return k.family, k.verdict.category, k.asn if field == "asn" else k.country
+
+    return key
+
+
+class NetworkCollector(Collector):
+    """The per-network families, read from the counts at scrape time."""
+
+    def __init__(self, counts: FlowCounts, networks: Networks) -> None:
+        self.counts = counts
+        self.networks = networks
+
+    def collect(self) -> Iterator[Metric]:
+        labels = self.counts.labels
+        assert labels is not None
+        tally = self.counts.networks
+        for name, field, top, what in (
+            ("resetwatch_network_connections", "asn", labels.asn, "client network (AS number)"),
+            ("resetwatch_country_connections", "country", labels.country, "client country"),
+        ):
+            members = top.members() | {OTHER}
+            m = CounterMetricFamily(
+                name,
+                f"Sampled TCP connections judged, by category and {what}: the busiest "
+                f"networks_top have their own series (it starts at 0 when one enters), the "
+                f"rest and lookup misses count as other.",
+                labels=["family", "category", field],
+            )
+            counts = {(f, c, OTHER): 0 for f in FAMILIES for c in Category}
+            counts.update(tally.group(_by_label(field)))
+            for (family, category, label), value in counts.items():
+                if label in members:
+                    m.add_metric([family, category.value, label], value)
+            yield m
+        ipdb = self.networks.ipdb
+        yield GaugeMetricFamily(
+            "resetwatch_networks_seen",
+            "Distinct client networks (AS numbers) seen recently, of which networks_top get a "
+            "series of their own.",
+            value=labels.asn.distinct_seen,
+        )
+        yield CounterMetricFamily(
+            "resetwatch_network_flows_other",
+            "Judged connections of networks without a series of their own (counted as other).",
+            value=labels.asn.folded_into_other,
+        )
+        yield CounterMetricFamily(
+            "resetwatch_ipdb_lookup_misses",
+            "Judged connections whose client address no database knew (counted as other).",
+            value=labels.misses,
+        )
+        built = GaugeMetricFamily(
+            "resetwatch_ipdb_build_timestamp_seconds",
+            "When each IP database was built (its metadata), by database type: an old one "
+            "names networks as they were then.",
+            labels=["database"],
+        )
+        for info in ipdb.files:
+            built.add_metric([info.database_type], float(info.build_epoch))
+        yield built
