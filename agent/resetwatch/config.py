@@ -144,6 +144,8 @@ SETTINGS: tuple[Setting, ...] = (
             _integer(1, 100_000_000), "N"),
     Setting("listen", f"127.0.0.1:{DEFAULT_PORT}", "HTTP address for /metrics and /healthz",
             _listen, "ADDR:PORT"),
+    Setting("http_max_connections", 64, "HTTP connections open at once; beyond it idle ones are "
+            "closed or new ones refused (503)", _integer(1, 1024), "N"),
     Setting("records", "", "append one JSON line per judged flow to this file (opt-in; "
             "as a service, under /var/log/resetwatch/)",
             _path_or_empty, "PATH"),
@@ -176,6 +178,7 @@ class Config:
     close_linger: float = 10.0
     max_flows: int = 1_000_000
     listen: str = f"127.0.0.1:{DEFAULT_PORT}"
+    http_max_connections: int = 64
     records: str = ""
     keep_rules: bool = False
     no_rules: bool = False

@@ -20,7 +20,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Callable, Optional, Protocol
 
-from . import api
+from . import api, apicache
 from .config import Config, ConfigError, load
 from .engine import Engine, Sink
 from .history import History, HistoryFile
@@ -201,12 +201,15 @@ class Agent:
             self.health.rules_present = True
             self._next_rules_check = self.clock() + config.rules_check_interval
         try:
-            self.http = HttpServer(config.listen_address, self.registry, self.healthy)
+            self.http = HttpServer(config.listen_address, self.registry, self.healthy,
+                                   max_connections=config.http_max_connections)
         except OSError as error:
             raise StartError(f"listen {config.listen}: {error.strerror}") from None
-        self.http.routes.update(
-            api.routes(self.history, self.wall_now, lambda: self.health.probability)
-        )
+        self.health.http_refused = self.http.refused
+        self.health.http_open = lambda: self.http.open_connections if self.http else 0
+        routes = api.routes(self.history, self.wall_now, lambda: self.health.probability)
+        settle = config.idle_timeout + config.close_linger
+        self.http.routes.update(apicache.guard(routes, self.wall_now, settle=settle))
         self.http.start()
         log.info(
             "started: sampling %g of new TCP connections, NFLOG group %d, metrics on http://%s/metrics",
@@ -344,6 +347,8 @@ class Agent:
         table.idle_timeout = new.idle_timeout
         table.close_linger = new.close_linger
         table.max_flows = new.max_flows
+        if self.http is not None:
+            self.http.max_connections = new.http_max_connections
         self.engine.sinks = self._sinks()
         self.config = new
         self.health.probability = new.probability

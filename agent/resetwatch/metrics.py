@@ -24,6 +24,7 @@ from . import __version__
 from .classify import Category, Outcome, Stage, Tag, Verdict
 from .flows import Exclusion, Flow
 from .packet import Invalid
+from .server import REFUSALS
 
 FAMILIES = ("4", "6")
 NFLOG_LOSS_REASONS = {
@@ -81,6 +82,9 @@ class AgentHealth:
     reloads: int = 0
     last_packet_age: Callable[[], float] = lambda: 0.0
     history_save_errors: Callable[[], int] = lambda: 0
+    # The HTTP listener's own counts (server.py), read at scrape time.
+    http_refused: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REFUSALS, 0))
+    http_open: Callable[[], int] = lambda: 0
 
 
 class AgentCollector(Collector):
@@ -220,9 +224,28 @@ class AgentCollector(Collector):
             "the agent keeps counting in memory and retries every minute.",
             value=health.history_save_errors(),
         )
+        yield from _http_families(health)
         info = InfoMetricFamily("resetwatch_build", "Version of the running agent.")
         info.add_metric([], {"version": __version__})
         yield info
+
+
+def _http_families(health: AgentHealth) -> Iterator[Metric]:
+    """The HTTP listener's connections: what a misbehaving local client cost (issue 12)."""
+    m = CounterMetricFamily(
+        "resetwatch_http_connections_refused",
+        "HTTP connections the listener closed without a full answer, by reason (never logged: "
+        "no client address is kept). " + " ".join(f"{k}: {v}." for k, v in REFUSALS.items()),
+        labels=["reason"],
+    )
+    for reason in REFUSALS:
+        m.add_metric([reason], health.http_refused.get(reason, 0))
+    yield m
+    yield GaugeMetricFamily(
+        "resetwatch_http_connections_open",
+        "HTTP connections open now (at most http_max_connections).",
+        value=health.http_open(),
+    )
 
 
 def build_registry(counts: FlowCounts, health: AgentHealth) -> CollectorRegistry:
