@@ -204,14 +204,17 @@ def start_agent(
     port: int = LISTEN_PORT,
     ns: str = "server",
     wait: bool = True,
+    wrap: Sequence[str] = (),
 ) -> RunningAgent:
     """Start ``resetwatch run FLAGS`` in `ns` (stdout and stderr to `log`) and, when `wait`,
-    return once /healthz answers ok. The lab stops the process on exit if it still runs."""
+    return once /healthz answers ok. The lab stops the process on exit if it still runs.
+    `wrap` goes before the command: one that execs it (``prlimit --nofile=...``), so the pid
+    stays the agent's."""
     handle: IO[str] = open(log, "w", encoding="utf-8")  # noqa: SIM115
     try:
         proc = lab.popen(
             ns,
-            resetwatch_argv("run", *flags),
+            [*wrap, *resetwatch_argv("run", *flags)],
             env=agent_env(),
             stdin=subprocess.DEVNULL,
             stdout=handle,
