@@ -14,7 +14,7 @@ Built so that no local client can blind the agent (issue 12):
   queue (beyond it: 503), and after each answer the worker rests in proportion to the CPU the
   answer took, so the API holds the interpreter (and its lock) for at most `API_CPU_SHARE` of
   the time the packet loop could use, and to its size, so answers (cached ones too) leave at
-  most `API_BYTES_PER_SECOND`.
+  most `API_BYTES_PER_SECOND` and `API_ANSWERS_PER_SECOND`.
 - Client mistakes and misbehaviour are counted by reason (`refused`), never logged: no log line
   ever carries a client address. A route that raises gets a 500 and one log line per route
   and error type.
@@ -59,8 +59,10 @@ API_QUEUE = 8
 """API requests waiting for the worker; more get a 503 at once."""
 API_CPU_SHARE = 0.25
 """Largest share of the time the API worker may compute (it rests for the remainder)."""
-API_BYTES_PER_SECOND = 32 << 20
+API_BYTES_PER_SECOND = 16 << 20
 """Pace of API answers, in bytes: even answers from the cache cost the agent's CPU to send."""
+API_ANSWERS_PER_SECOND = 20
+"""Pace of API answers, in answers: each costs the I/O thread and the worker some CPU too."""
 FAST_PATHS = ("/metrics", "/healthz")
 SWEEP_EVERY = 0.25
 _TEXT = "text/plain; charset=utf-8"
@@ -407,7 +409,11 @@ class HttpServer:
             with self._outbox_lock:
                 self._outbox.append((conn, response))
             self._wake()
-            rest = max(cost * (1.0 / API_CPU_SHARE - 1.0), len(response[2]) / API_BYTES_PER_SECOND)
+            rest = max(
+                cost * (1.0 / API_CPU_SHARE - 1.0),
+                len(response[2]) / API_BYTES_PER_SECOND,
+                1.0 / API_ANSWERS_PER_SECOND,
+            )
             if self._stopping.wait(rest):
                 return
 
