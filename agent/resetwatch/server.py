@@ -5,8 +5,9 @@ Built so that no local client can blind the agent (issue 12):
 - One thread does every socket operation through a selector, never blocking: a connection costs
   a file descriptor and a small buffer, never a thread.
 - At most `max_connections` connections at once. A new one beyond that takes the place of the
-  oldest connection that has sent no complete request for `evict_after` seconds (so idle
-  connections cannot lock a scrape out); when there is none it gets a short 503 and is closed.
+  connection quiet the longest (no complete request yet, or not taking its answer), once quiet
+  for `evict_after` seconds, so held connections cannot lock a scrape out; when there is none
+  it gets a short 503 and is closed.
 - A request's headers must be complete within `header_timeout` seconds of the connect; an answer
   must keep moving (some bytes accepted by the client) every `write_timeout` seconds.
 - `/metrics` and `/healthz` are answered on the I/O thread as soon as their headers are in:
@@ -69,8 +70,8 @@ _TEXT = "text/plain; charset=utf-8"
 
 REFUSALS: dict[str, str] = {
     "full": "all http_max_connections were busy: refused with a 503 at once",
-    "evicted": "sent no complete request for a second while the listener was full: closed to "
-    "make room for a new connection",
+    "evicted": "quiet for a second (no complete request yet, or not taking its answer) while the "
+    "listener was full: closed to make room for a new connection",
     "header_timeout": "headers not complete within 10 s of the connect",
     "write_timeout": "took none of its answer for 10 s",
     "bad_request": "not a readable HTTP/1.x request line, or headers over 16 KiB",
@@ -85,12 +86,13 @@ Query = dict[str, list[str]]
 
 
 class _Conn:
-    __slots__ = ("buf", "deadline", "opened", "out", "sent", "sock", "state")
+    __slots__ = ("buf", "deadline", "out", "quiet_since", "sent", "sock", "state")
 
     def __init__(self, sock: socket.socket, now: float, header_timeout: float) -> None:
         self.sock = sock
         self.buf = b""
-        self.opened = now
+        self.quiet_since = now
+        """When the client last made progress: the connect, or the last bytes it took."""
         self.deadline = now + header_timeout
         self.state = _READING
         self.out = memoryview(b"")
@@ -259,10 +261,12 @@ class HttpServer:
             self._sel.register(sock, selectors.EVENT_READ, conn)
 
     def _evict(self, now: float) -> bool:
-        """Close the oldest connection still without a request, if it waited `evict_after`."""
-        idle = [c for c in self._conns.values() if c.state == _READING]
-        oldest = min(idle, key=lambda c: c.opened, default=None)
-        if oldest is None or now - oldest.opened < self.evict_after:
+        """Close the connection quiet the longest (no complete request, or not taking its
+        answer), if it was quiet `evict_after`. Those waiting for the API are kept: at most
+        the queue's length plus one."""
+        quiet = [c for c in self._conns.values() if c.state != _WAITING]
+        oldest = min(quiet, key=lambda c: c.quiet_since, default=None)
+        if oldest is None or now - oldest.quiet_since < self.evict_after:
             return False
         self.refused["evicted"] += 1
         self._close(oldest)
@@ -357,7 +361,8 @@ class HttpServer:
             return
         if sent:
             conn.sent += sent
-            conn.deadline = self._clock() + self.write_timeout
+            conn.quiet_since = self._clock()
+            conn.deadline = conn.quiet_since + self.write_timeout
         if conn.sent >= len(conn.out):
             with contextlib.suppress(OSError):
                 conn.sock.shutdown(socket.SHUT_WR)

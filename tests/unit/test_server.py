@@ -188,6 +188,33 @@ def test_idle_connections_give_way_to_a_scrape() -> None:
         srv.stop()
 
 
+def test_clients_not_reading_their_answers_give_way_to_a_scrape(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from resetwatch import server as server_module
+
+    monkeypatch.setattr(server_module, "API_BYTES_PER_SECOND", 1 << 40)
+    srv = make_server(max_connections=4, evict_after=0.0)
+    big = b"x" * (64 << 20)  # far more than the socket buffers hold
+    srv.routes["/api/v1/big"] = lambda _q: (200, "text/plain", big)
+    srv.start()
+    stalled = []
+    try:
+        for _ in range(4):
+            sock = connect(srv.port)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.sendall(b"GET /api/v1/big HTTP/1.1\r\n\r\n")  # and never read
+            stalled.append(sock)
+        wait_for(lambda: sum(c.state == 2 for c in list(srv._conns.values())) == 4,
+                 "four answers stuck in the send buffers")
+        assert get(srv.port, "/healthz") == (200, b"ok\n")
+        assert srv.refused["evicted"] == 1
+    finally:
+        for sock in stalled:
+            sock.close()
+        srv.stop()
+
+
 @pytest.mark.skipif(shutil.which("ss") is None, reason="no ss (iproute2)")
 def test_the_listen_backlog(server: HttpServer) -> None:
     # For a listening socket, ss shows the backlog as Send-Q.
