@@ -114,6 +114,8 @@ def test_a_scrape_answers_while_the_connections_are_held(held: Held) -> None:
     assert held.agent.get("/healthz").strip() == "ok"
     fds = len(list(Path(f"/proc/{held.agent.proc.pid}/fd").iterdir()))
     assert fds < 1024 - 512, fds  # the cap, not the clients, bounds what the listener holds
+    threads = len(list(Path(f"/proc/{held.agent.proc.pid}/task").iterdir()))
+    assert threads == 3, threads  # the loop, the listener, the API worker: none per client
 
 
 def test_the_api_answers_while_the_connections_are_held(held: Held) -> None:
