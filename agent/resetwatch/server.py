@@ -102,21 +102,23 @@ class _Conn:
 _Job = tuple[_Conn, str, Route, Query]
 
 
-def _answer(status: int, ctype: str, body: bytes, extra: str = "") -> bytes:
+def _answer(status: int, ctype: str, body: bytes, extra: str = "", dated: bool = True) -> bytes:
     try:
         reason = HTTPStatus(status).phrase
     except ValueError:
         reason = ""
+    date = f"Date: {formatdate(usegmt=True)}\r\n" if dated else ""
     head = (
         f"HTTP/1.0 {status} {reason}\r\nServer: resetwatch\r\n"
-        f"Date: {formatdate(usegmt=True)}\r\nContent-Type: {ctype}\r\n"
+        f"{date}Content-Type: {ctype}\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n{extra}\r\n"
     )
     return head.encode("latin-1") + body
 
 
 _FULL = _answer(503, _TEXT, b"busy: too many connections open (http_max_connections)\n",
-                "Retry-After: 1\r\n")
+                "Retry-After: 1\r\n", dated=False)
+"""Made once: refusing must cost next to nothing (so it carries no Date)."""
 
 
 class HttpServer:
