@@ -62,7 +62,8 @@ costs.
 `--api-load 6` repeats run 1 with six clients in the server namespace looping over the API's
 7-day time series at 15-minute steps (issue 12) from just before the flood to its end, pinned to
 the trafgen CPUs so that only the agent's own API work competes with its packet loop; the
-targets compare its loss and scrape latency with run 1's.
+targets compare its loss and scrape latency with run 1's. `--api-uncached` adds a run whose
+clients vary a series name on every request, so the agent computes every answer.
 
 Shared machines: the table shows how busy the reader's CPU was during the flood and how much of
 that was not the reader (other processes). A measurement where others took more than
@@ -169,21 +170,25 @@ API_QUERY = "/api/v1/tcp_resets_timeouts/timeseries_groups?dateRange=7d&aggInter
 """What each --api-load client asks for, in a loop (issue 12: 1.4 MB, 0.27 s of CPU each)."""
 
 
-def hammer_helper(url: str) -> int:
-    """`live.py _hammer URL`: GETs URL in a loop until SIGTERM, then prints one JSON line of
-    counts (answers by status, bytes, failures)."""
+def hammer_helper(url: str, vary: bool) -> int:
+    """`live.py _hammer URL [vary]`: GETs URL in a loop until SIGTERM, then prints one JSON line
+    of counts (answers by status, bytes, failures). With `vary`, every query names its series
+    differently, so no answer comes from the agent's cache."""
     from urllib.parse import urlsplit
 
     parts = urlsplit(url)
     counts: dict[str, int] = {"bytes": 0, "failed": 0}
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda _s, _f: stop.set())
+    number = 0
     while not stop.is_set():
+        number += 1
+        target = f"{parts.path}?{parts.query}" + (f"&name=s{os.getpid()}x{number}" if vary else "")
         try:
             conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80,
                                               timeout=SCRAPE_TIMEOUT_S)
             try:
-                conn.request("GET", f"{parts.path}?{parts.query}")
+                conn.request("GET", target)
                 resp = conn.getresponse()
                 counts["bytes"] += len(resp.read())
                 counts[str(resp.status)] = counts.get(str(resp.status), 0) + 1
@@ -199,13 +204,13 @@ class ApiLoad:
     """--api-load: `clients` processes in the server namespace hammering the agent's API (pinned
     to the trafgen CPUs, so what they cost the agent is the agent's own work, not theirs)."""
 
-    def __init__(self, lab: Lab, url: str, clients: int, cpus: list[int]) -> None:
+    def __init__(self, lab: Lab, url: str, clients: int, cpus: list[int], vary: bool) -> None:
         self.counts: dict[str, int] = {}
         self._procs = [
             lab.popen(
                 "server",
                 [*pin_list(cpus), sys.executable, str(Path(__file__).resolve()), "_hammer",
-                 url + API_QUERY],
+                 url + API_QUERY, *(["vary"] if vary else [])],
                 stdout=subprocess.PIPE, text=True, env=child_env(),
             )
             for _ in range(clients)
@@ -825,6 +830,7 @@ def run_resetwatch(
     profile: bool = False,
     gc_off: bool = False,
     api_clients: int = 0,
+    api_vary: bool = False,
 ) -> Result:
     from tests.lab import Lab
 
@@ -896,7 +902,7 @@ def run_resetwatch(
             if profile:
                 cpu = args.reader_cpu if args.reader_cpu is not None else args.gen_cpus[0]
                 profiler = start_profiler(pid, seconds, name, cpu)
-            load = ApiLoad(lab, url, api_clients, args.gen_cpus) if api_clients else None
+            load = ApiLoad(lab, url, api_clients, args.gen_cpus, api_vary) if api_clients else None
             try:
                 with load or contextlib.nullcontext():
                     run = flood(lab, config, args, name, seconds, at_cap if fill else None)
@@ -1142,11 +1148,11 @@ def targets(results: list[Result], fill: Optional[Result]) -> list[str]:
                 f"({other.loss_pct:.3f}% at {other.logged_pps:,.0f}/s) -> "
                 f"{'met' if met else 'NOT met'}"
             )
-    loaded = next((r for r in results if r.api_clients), None)
-    if agent is not None and loaded is not None:
+    for loaded in (r for r in results if r.api_clients and agent is not None):
+        assert agent is not None
         delta = loaded.loss_pct - agent.loss_pct
         lines.append(
-            f"API hammered ({loaded.api_clients} clients, {API_QUERY}): loss "
+            f"API hammered in {loaded.name} ({loaded.api_clients} clients, {API_QUERY}): loss "
             f"{agent.loss_pct:.3f}% alone vs {loaded.loss_pct:.3f}% with the API "
             f"({delta:+.3f} points, target within 1) -> {'met' if delta <= 1 else 'NOT met'}; "
             f"scrape latency median/max {fmt_float(agent.scrape_median_s, 3)}/"
@@ -1287,6 +1293,12 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         "time series during the flood (issue 12: 6), to compare its loss with the first run's",
     )
     p.add_argument(
+        "--api-uncached",
+        action="store_true",
+        help="with --api-load, one more run whose clients name their series differently on "
+        "every request, so that every answer is computed (the agent's CPU bound, not its cache)",
+    )
+    p.add_argument(
         "--attempts",
         type=int,
         default=3,
@@ -1402,6 +1414,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.api_load:
         plan.append(("resetwatch+api", lambda: run_resetwatch(
             args, "resetwatch+api", fill=False, api_clients=args.api_load)))
+        if args.api_uncached:
+            plan.append(("resetwatch+api-nocache", lambda: run_resetwatch(
+                args, "resetwatch+api-nocache", fill=False, api_clients=args.api_load,
+                api_vary=True)))
     if args.profile:
         plan.append(
             ("profiled", lambda: run_resetwatch(args, "profiled", fill=False, profile=True))
@@ -1471,5 +1487,5 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_scrape":
         sys.exit(scrape_helper())
     if len(sys.argv) > 2 and sys.argv[1] == "_hammer":
-        sys.exit(hammer_helper(sys.argv[2]))
+        sys.exit(hammer_helper(sys.argv[2], sys.argv[3:] == ["vary"]))
     sys.exit(main())

@@ -58,7 +58,7 @@ EVICT_AFTER = 1.0
 MAX_HEADER_BYTES = 16 << 10
 API_QUEUE = 8
 """API requests waiting for the worker; more get a 503 at once."""
-API_CPU_SHARE = 0.25
+API_CPU_SHARE = 0.1
 """Largest share of the time the API worker may compute (it rests for the remainder)."""
 API_BYTES_PER_SECOND = 16 << 20
 """Pace of API answers, in bytes: even answers from the cache cost the agent's CPU to send."""
