@@ -59,6 +59,11 @@ Optional runs: `--profile` repeats run 1 with `py-spy record` attached (100 Hz, 
 CPU) and prints the functions with the most samples; `--gc-experiment` repeats run 1
 with the unmodified agent started after `gc.disable()`, to show what Python's cyclic collector
 costs.
+`--api-load 6` repeats run 1 with six clients in the server namespace looping over the API's
+7-day time series at 15-minute steps (issue 12) from just before the flood to its end, pinned to
+the trafgen CPUs so that only the agent's own API work competes with its packet loop; the
+targets compare its loss and scrape latency with run 1's. `--api-uncached` adds a run whose
+clients vary a series name on every request, so the agent computes every answer.
 
 Shared machines: the table shows how busy the reader's CPU was during the flood and how much of
 that was not the reader (other processes). A measurement where others took more than
@@ -161,6 +166,71 @@ def scrape_helper() -> int:
     return 0
 
 
+API_QUERY = "/api/v1/tcp_resets_timeouts/timeseries_groups?dateRange=7d&aggInterval=15m"
+"""What each --api-load client asks for, in a loop (issue 12: 1.4 MB, 0.27 s of CPU each)."""
+
+
+def hammer_helper(url: str, vary: bool) -> int:
+    """`live.py _hammer URL [vary]`: GETs URL in a loop until SIGTERM, then prints one JSON line
+    of counts (answers by status, bytes, failures). With `vary`, every query names its series
+    differently, so no answer comes from the agent's cache."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    counts: dict[str, int] = {"bytes": 0, "failed": 0}
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda _s, _f: stop.set())
+    number = 0
+    while not stop.is_set():
+        number += 1
+        target = f"{parts.path}?{parts.query}" + (f"&name=s{os.getpid()}x{number}" if vary else "")
+        try:
+            conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80,
+                                              timeout=SCRAPE_TIMEOUT_S)
+            try:
+                conn.request("GET", target)
+                resp = conn.getresponse()
+                counts["bytes"] += len(resp.read())
+                counts[str(resp.status)] = counts.get(str(resp.status), 0) + 1
+            finally:
+                conn.close()
+        except (OSError, http.client.HTTPException):
+            counts["failed"] += 1
+    sys.stdout.write(json.dumps(counts) + "\n")
+    return 0
+
+
+class ApiLoad:
+    """--api-load: `clients` processes in the server namespace hammering the agent's API (pinned
+    to the trafgen CPUs, so what they cost the agent is the agent's own work, not theirs)."""
+
+    def __init__(self, lab: Lab, url: str, clients: int, cpus: list[int], vary: bool) -> None:
+        self.counts: dict[str, int] = {}
+        self._procs = [
+            lab.popen(
+                "server",
+                [*pin_list(cpus), sys.executable, str(Path(__file__).resolve()), "_hammer",
+                 url + API_QUERY, *(["vary"] if vary else [])],
+                stdout=subprocess.PIPE, text=True, env=child_env(),
+            )
+            for _ in range(clients)
+        ]  # fmt: skip
+
+    def __enter__(self) -> ApiLoad:
+        time.sleep(2.0)  # the clients are looping (and the cache warm) before the flood
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in self._procs:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+        for proc in self._procs:
+            out, _ = proc.communicate(timeout=30)
+            with contextlib.suppress(ValueError):
+                for key, value in json.loads(out or "{}").items():
+                    self.counts[key] = self.counts.get(key, 0) + int(value)
+
+
 # --------------------------------------------------------------------------------- small tools
 
 
@@ -172,6 +242,10 @@ def child_env() -> dict[str, str]:
 
 def pin(cpu: Optional[int]) -> list[str]:
     return [] if cpu is None else ["taskset", "-c", str(cpu)]
+
+
+def pin_list(cpus: list[int]) -> list[str]:
+    return ["taskset", "-c", ",".join(map(str, cpus))]
 
 
 @dataclass
@@ -557,6 +631,9 @@ class Result:
     scrape_max_s: Optional[float] = None
     scrape_median_s: Optional[float] = None
     stop_s: Optional[float] = None
+    api_clients: int = 0
+    api_answers: Optional[dict[str, int]] = None
+    """--api-load: the clients' answers during the flood, by HTTP status (plus bytes, failed)."""
     attempts: int = 1
     """Runs made to get this one (a run is repeated while other tasks share the reader's CPU)."""
     # ulogd only
@@ -752,6 +829,8 @@ def run_resetwatch(
     fill: bool,
     profile: bool = False,
     gc_off: bool = False,
+    api_clients: int = 0,
+    api_vary: bool = False,
 ) -> Result:
     from tests.lab import Lab
 
@@ -823,11 +902,15 @@ def run_resetwatch(
             if profile:
                 cpu = args.reader_cpu if args.reader_cpu is not None else args.gen_cpus[0]
                 profiler = start_profiler(pid, seconds, name, cpu)
+            load = ApiLoad(lab, url, api_clients, args.gen_cpus, api_vary) if api_clients else None
             try:
-                run = flood(lab, config, args, name, seconds, at_cap if fill else None)
+                with load or contextlib.nullcontext():
+                    run = flood(lab, config, args, name, seconds, at_cap if fill else None)
             finally:
                 if profiler is not None:
                     finish_profiler(profiler[0])
+            if load is not None:
+                result.api_clients, result.api_answers = api_clients, load.counts
             flood_end = Window.open(pid)
             logged = kernel_logged(lab) - logged_before
             drain = wait_drained(accounted, logged, 3.0, args.drain_timeout)
@@ -1007,6 +1090,8 @@ def table(results: list[Result]) -> str:
         ("  latency mid-flood (s)", lambda r: fmt_float(r.scrape_mid_s, 3)),
         ("  latency median / max (s)", lambda r: "-" if r.scrape_max_s is None else
          f"{r.scrape_median_s:.3f} / {r.scrape_max_s:.3f}"),
+        ("API clients / answers 200 in flood", lambda r: "-" if not r.api_clients else
+         f"{r.api_clients} / {(r.api_answers or {}).get('200', 0):,}"),
         ("stop after SIGTERM (s)", lambda r: fmt_float(r.stop_s)),
         ("attempts (reruns under contention)", lambda r: fmt_int(r.attempts)),
     ]  # fmt: skip
@@ -1063,6 +1148,17 @@ def targets(results: list[Result], fill: Optional[Result]) -> list[str]:
                 f"({other.loss_pct:.3f}% at {other.logged_pps:,.0f}/s) -> "
                 f"{'met' if met else 'NOT met'}"
             )
+    for loaded in (r for r in results if r.api_clients and agent is not None):
+        assert agent is not None
+        delta = loaded.loss_pct - agent.loss_pct
+        lines.append(
+            f"API hammered in {loaded.name} ({loaded.api_clients} clients, {API_QUERY}): loss "
+            f"{agent.loss_pct:.3f}% alone vs {loaded.loss_pct:.3f}% with the API "
+            f"({delta:+.3f} points, target within 1) -> {'met' if delta <= 1 else 'NOT met'}; "
+            f"scrape latency median/max {fmt_float(agent.scrape_median_s, 3)}/"
+            f"{fmt_float(agent.scrape_max_s, 3)} s alone vs {fmt_float(loaded.scrape_median_s, 3)}"
+            f"/{fmt_float(loaded.scrape_max_s, 3)} s with the API; answers: {loaded.api_answers}"
+        )
     if fill is not None:
         met = fill.peak_rss_mb <= 300 and fill.scrape_failures == 0 and fill.scrapes > 0
         lines.append(
@@ -1189,6 +1285,20 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         "unmodified agent starts), to measure what the collector costs under a flood",
     )
     p.add_argument(
+        "--api-load",
+        type=int,
+        default=0,
+        metavar="CLIENTS",
+        help="add a resetwatch run with CLIENTS local clients looping over the API's 7-day "
+        "time series during the flood (issue 12: 6), to compare its loss with the first run's",
+    )
+    p.add_argument(
+        "--api-uncached",
+        action="store_true",
+        help="with --api-load, one more run whose clients name their series differently on "
+        "every request, so that every answer is computed (the agent's CPU bound, not its cache)",
+    )
+    p.add_argument(
         "--attempts",
         type=int,
         default=3,
@@ -1301,6 +1411,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     plan: list[tuple[str, Callable[[], Result]]] = [
         ("resetwatch", lambda: run_resetwatch(args, "resetwatch", fill=False)),
     ]
+    if args.api_load:
+        plan.append(("resetwatch+api", lambda: run_resetwatch(
+            args, "resetwatch+api", fill=False, api_clients=args.api_load)))
+        if args.api_uncached:
+            plan.append(("resetwatch+api-nocache", lambda: run_resetwatch(
+                args, "resetwatch+api-nocache", fill=False, api_clients=args.api_load,
+                api_vary=True)))
     if args.profile:
         plan.append(
             ("profiled", lambda: run_resetwatch(args, "profiled", fill=False, profile=True))
@@ -1369,4 +1486,6 @@ def main(argv: Optional[list[str]] = None) -> int:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_scrape":
         sys.exit(scrape_helper())
+    if len(sys.argv) > 2 and sys.argv[1] == "_hammer":
+        sys.exit(hammer_helper(sys.argv[2], sys.argv[3:] == ["vary"]))
     sys.exit(main())

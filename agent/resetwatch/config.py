@@ -156,6 +156,8 @@ SETTINGS: tuple[Setting[Any], ...] = (
     Setting("listen", f"127.0.0.1:{DEFAULT_PORT}", "HTTP address of /metrics, /healthz and the "
             "local API (/api/...)",
             _listen, "ADDR:PORT"),
+    Setting("http_max_connections", 64, "HTTP connections open at once; beyond it idle ones are "
+            "closed or new ones refused (503)", _integer(1, 1024), "N"),
     Setting("records", "", "append one JSON line per judged flow to this file (opt-in; "
             "as a service, under /var/log/resetwatch/); empty: no records",
             _path_or_empty, "PATH"),
@@ -211,6 +213,7 @@ class Config:
     close_linger: float = _default("close_linger")
     max_flows: int = _default("max_flows")
     listen: str = _default("listen")
+    http_max_connections: int = _default("http_max_connections")
     records: str = _default("records")
     records_max_bytes: int = _default("records_max_bytes")
     records_keep: int = _default("records_keep")

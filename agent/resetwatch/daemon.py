@@ -16,7 +16,7 @@ import time
 from types import FrameType
 from typing import Callable, Optional
 
-from . import api
+from . import api, apicache
 from .config import Config, load, rule_spec
 from .engine import Engine
 from .history import History, HistoryFile
@@ -127,12 +127,16 @@ class Agent:
             self._ipdb_refresh = Every(REFRESH_EVERY, self.networks.refresh, self.clock,
                                        background=True)  # fmt: skip
         try:
-            self.http = HttpServer(config.listen_address, self.registry, self.healthy)
+            self.http = HttpServer(config.listen_address, self.registry, self.healthy,
+                                   max_connections=config.http_max_connections)
         except OSError as error:
             raise StartError(f"listen {config.listen}: {error.strerror}") from None
-        self.http.routes.update(
-            api.routes(self.history, self.wall_now, lambda: self.health.probability)
-        )
+        self.health.http_refused = self.http.refused
+        self.health.http_open = lambda: self.http.open_connections if self.http else 0
+        routes = api.routes(self.history, self.wall_now, lambda: self.health.probability)
+        settle = config.idle_timeout + config.close_linger
+        self.http.routes.update(apicache.guard(routes, self.wall_now, settle=settle,
+                                               retention=lambda: self.history.retention))
         self.http.start()
         address = f"{config.listen.rpartition(':')[0]}:{self.http.port}"  # port 0: the real one
         log.info(
@@ -218,6 +222,8 @@ class Agent:
         if self.networks is not None:  # a changed ipdb or network_top takes a restart
             self.networks.request_reopen()
             self._ipdb_refresh.next_at = self.clock()
+        if self.http is not None:
+            self.http.max_connections = new.http_max_connections
         self.config = new
         self.health.probability, self.health.max_flows = new.probability, new.max_flows
         self.health.rules.managed = not new.no_rules

@@ -28,6 +28,7 @@ from .networks import NetworkCollector, NetworkLabels, Networks
 from .nflog import NflogStats
 from .packet import Invalid
 from .rules.keeper import RulesState
+from .server import REFUSALS
 from .signature import Signature, signature_of
 from .tally import FAMILIES, Tally
 
@@ -118,6 +119,10 @@ class AgentHealth:
     history_save_errors: Callable[[], int] = lambda: 0
     outputs: Callable[[], Sequence[OutputHealth]] = lambda: ()
     """Every output the factory can build, failing or not (outputs.OUTPUTS declares them)."""
+
+    # The HTTP listener's own counts (server.py), read at scrape time.
+    http_refused: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REFUSALS, 0))
+    http_open: Callable[[], int] = lambda: 0
 
     def update(self, table: TableStats, nflog: NflogStats) -> None:
         """The loop's counters after a pass."""
@@ -229,6 +234,7 @@ class AgentCollector(Collector):
             "the agent keeps counting in memory and retries every minute.",
             value=health.history_save_errors(),
         )
+        yield from _http_families(health)
         info = InfoMetricFamily("resetwatch_build", "Version of the running agent.")
         info.add_metric([], {"version": __version__})
         yield info
@@ -327,6 +333,24 @@ class AgentCollector(Collector):
         yield errors
         yield dropped
         yield failing
+
+
+def _http_families(health: AgentHealth) -> Iterator[Metric]:
+    """The HTTP listener's connections: what a misbehaving local client cost (issue 12)."""
+    m = CounterMetricFamily(
+        "resetwatch_http_connections_refused",
+        "HTTP connections the listener closed without a full answer, by reason (never logged: "
+        "no client address is kept). " + " ".join(f"{k}: {v}." for k, v in REFUSALS.items()),
+        labels=["reason"],
+    )
+    for reason in REFUSALS:
+        m.add_metric([reason], health.http_refused.get(reason, 0))
+    yield m
+    yield GaugeMetricFamily(
+        "resetwatch_http_connections_open",
+        "HTTP connections open now (at most http_max_connections).",
+        value=health.http_open(),
+    )
 
 
 def build_registry(

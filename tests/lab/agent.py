@@ -205,15 +205,17 @@ def start_agent(
     ns: str = "server",
     wait: bool = True,
     env: Optional[Mapping[str, str]] = None,
+    wrap: Sequence[str] = (),
 ) -> RunningAgent:
     """Start ``resetwatch run FLAGS`` in `ns` (stdout and stderr to `log`; `env` instead of
     `agent_env()`) and, when `wait`, return once /healthz answers ok. The lab stops the
-    process on exit if it still runs."""
+    process on exit if it still runs. `wrap` goes before the command: one that execs it
+    (``prlimit --nofile=...``), so the pid stays the agent's."""
     handle: IO[str] = open(log, "w", encoding="utf-8")  # noqa: SIM115
     try:
         proc = lab.popen(
             ns,
-            resetwatch_argv("run", *flags),
+            [*wrap, *resetwatch_argv("run", *flags)],
             env=agent_env() if env is None else env,
             stdin=subprocess.DEVNULL,
             stdout=handle,

@@ -147,3 +147,12 @@ def test_sighup_reloads_off_the_loop_then_applies_in_it() -> None:
         assert agent.engine.table.max_flows == 7 and agent.health.reloads == 1
     finally:
         agent.stop()
+
+
+def test_reload_applies_a_new_connection_cap(reloading) -> None:
+    agent, _, pending = reloading
+    assert agent.http is not None and agent.http.max_connections == 64
+    pending[0] = Config(listen="127.0.0.1:0", state_dir="", backend="iptables",
+                        http_max_connections=8)
+    agent.reload()
+    assert agent.http.max_connections == 8

@@ -9,6 +9,9 @@ import socket
 import subprocess
 import sys
 import threading
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -224,3 +227,60 @@ def test_unit_verifies_and_rates_ok(tmp_path: Path) -> None:
     last = next(line for line in security.stdout.splitlines() if "Overall exposure" in line)
     level = last.split(":")[1].split()
     assert float(level[0]) < 5.0 and level[1] in ("OK", "SAFE"), last
+
+
+def unit_values(key: str) -> list[str]:
+    return [line.split("=", 1)[1].strip() for line in UNIT.read_text().splitlines()
+            if line.startswith(key + "=")]
+
+
+def test_unit_limits_leave_the_listener_cap_well_inside() -> None:
+    from resetwatch.config import BY_KEY
+
+    (nofile,) = unit_values("LimitNOFILE")
+    soft, _, hard = nofile.partition(":")
+    assert int(soft) == int(hard or soft)  # one number: soft and hard alike
+    cap = BY_KEY["http_max_connections"].check(1024)  # the largest cap allowed ...
+    with pytest.raises(ValueError):
+        BY_KEY["http_max_connections"].check(1025)  # ... is 1024
+    assert int(soft) >= 4 * (cap + 3)
+    (tasks,) = unit_values("TasksMax")
+    assert int(tasks) >= 32
+
+
+def test_held_connections_cost_neither_threads_nor_descriptors_beyond_the_cap() -> None:
+    """The running agent with 200 idle connections held: no new thread, at most the cap in
+    descriptors, and /metrics answers (idle connections give way to it after a second)."""
+    agent = Agent(Config(listen="127.0.0.1:0", no_rules=True, state_dir="",
+                         http_max_connections=16),
+                  clock=Clock(), notifier=Notifier({}), open_source=lambda c, k: IdleSource())
+    agent.start()
+    held: list[socket.socket] = []
+    try:
+        assert agent.http is not None
+        threads = threading.active_count()
+        fds = len(os.listdir("/proc/self/fd"))
+        for _ in range(200):
+            held.append(socket.create_connection(("127.0.0.1", agent.http.port), timeout=10))
+        for _ in range(200):  # until every connection was seen by the listener
+            if sum(agent.http.refused.values()) + agent.http.open_connections >= 200:
+                break
+            time.sleep(0.05)
+        assert threading.active_count() == threads
+        assert len(os.listdir("/proc/self/fd")) - fds <= 200 + 16  # ours, and 16 of its own
+        assert agent.http.open_connections <= 16
+        url = f"http://127.0.0.1:{agent.http.port}/metrics"
+        body = b""
+        for _ in range(100):  # refused (503) while every held connection is new
+            try:
+                with urllib.request.urlopen(url, timeout=10) as response:
+                    body = response.read()
+                    break
+            except urllib.error.HTTPError as error:
+                assert error.code == 503
+                time.sleep(0.2)
+        assert b'resetwatch_http_connections_refused_total{reason="evicted"}' in body
+    finally:
+        for conn in held:
+            conn.close()
+        agent.stop()
