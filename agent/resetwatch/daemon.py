@@ -16,13 +16,13 @@ import time
 from types import FrameType
 from typing import Callable, Optional
 
-from . import api, apicache
 from .config import Config, load, rule_spec
 from .engine import Engine
 from .history import History, HistoryFile
 from .ipdb import IpdbError
+from .listener import open_listener, started_line
 from .metrics import AgentHealth, FlowCounts, build_registry
-from .networks import REFRESH_EVERY, Networks, attach
+from .networks import Networks, attach
 from .nflog import NflogError
 from .notify import Notifier
 from .outputs import OutputSet, OutputSettings
@@ -124,31 +124,14 @@ class Agent:
                                        self.engine, self.registry)  # fmt: skip
             except IpdbError as error:
                 raise StartError(f"ipdb: {error}") from None
-            self._ipdb_refresh = Every(REFRESH_EVERY, self.networks.refresh, self.clock,
-                                       background=True)  # fmt: skip
+            self._ipdb_refresh = self.networks.refresher(self.clock)
         try:
-            self.http = HttpServer(config.listen_address, self.registry, self.healthy,
-                                   max_connections=config.http_max_connections)
+            self.http = open_listener(config, self.registry, self.healthy, self.history,
+                                      self.wall_now, self.health)  # fmt: skip
         except OSError as error:
             raise StartError(f"listen {config.listen}: {error.strerror}") from None
-        self.health.http_refused = self.http.refused
-        self.health.http_open = lambda: self.http.open_connections if self.http else 0
-        routes = api.routes(self.history, self.wall_now, lambda: self.health.probability)
-        settle = config.idle_timeout + config.close_linger
-        self.http.routes.update(apicache.guard(routes, self.wall_now, settle=settle,
-                                               retention=lambda: self.history.retention))
         self.http.start()
-        address = f"{config.listen.rpartition(':')[0]}:{self.http.port}"  # port 0: the real one
-        log.info(
-            "started: sampling %g of new TCP connections, NFLOG group %d, metrics on "
-            "http://%s/metrics, API on http://%s%s, state in %s",
-            config.probability,
-            config.nflog_group,
-            address,
-            address,
-            api.PREFIX,
-            config.state_dir or "memory only (state_dir is empty)",
-        )
+        log.info("%s", started_line(config, self.http.port))
         self.notifier.ready(self.status_line())
         self._watchdog.seconds = self.notifier.watchdog_interval or 5.0
 

@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from .classify import Category
 from .flows import Flow
 from .ipdb import Ipdb, Network
+from .periodic import Every
 from .tally import JudgedKey
 from .topn import OTHER, TopN
 
@@ -49,6 +50,10 @@ class Networks:
     def request_reopen(self) -> None:
         """SIGHUP: the next `refresh` reopens every file, changed or not."""
         self._reopen = True
+
+    def refresher(self, clock: Callable[[], float]) -> Every:
+        """The daemon's timer for `refresh`: every REFRESH_EVERY s, in a thread of its own."""
+        return Every(REFRESH_EVERY, self.refresh, clock, background=True)
 
     def refresh(self) -> None:
         """Swap in replaced files (a corrupt one is refused, the old one kept). Runs in a
