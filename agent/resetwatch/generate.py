@@ -3,8 +3,9 @@
     python -m resetwatch.generate            # rewrite what is out of date, name each file
     python -m resetwatch.generate --check    # exit 1 naming each stale file (the test command)
 
-An artifact is a file whose whole text is made by code (the Prometheus rules, the dashboard,
-the example config), or a document whose `<!-- generated: NAME -->` blocks are (docs/*.md
+An artifact is a file whose whole text is made by code (the Prometheus rules and their
+generated promtool tests, the Alertmanager inhibition rules, the dashboard, the example
+config), or a document whose `<!-- generated: NAME -->` blocks are (docs/*.md
 and the README; see reference.py). Nothing generated is ever edited by hand: change the
 code, run this, commit both.
 """
@@ -34,6 +35,24 @@ def _prometheus_rules() -> str:
     return promrules.render()
 
 
+def _spike_tests() -> str:
+    from . import promtests
+
+    return promtests.render_spikes()
+
+
+def _noise_tests() -> str:
+    from . import promtests
+
+    return promtests.render_noise()
+
+
+def _inhibition() -> str:
+    from . import inhibit
+
+    return inhibit.render()
+
+
 def _dashboard() -> str:
     from . import dashboard
 
@@ -56,6 +75,9 @@ def artifacts(root: Path) -> list[Artifact]:
     """Everything generated, in the order it is written."""
     items = [
         Artifact("deploy/prometheus/resetwatch.rules.yml", _whole(_prometheus_rules)),
+        Artifact("deploy/prometheus/resetwatch.spikes.test.yml", _whole(_spike_tests)),
+        Artifact("deploy/prometheus/resetwatch.noise.test.yml", _whole(_noise_tests)),
+        Artifact("deploy/alertmanager/resetwatch.inhibit.yml", _whole(_inhibition)),
         Artifact("deploy/grafana/resetwatch.json", _whole(_dashboard)),
         Artifact("deploy/resetwatch.toml", _whole(_example_config)),
     ]
