@@ -28,7 +28,7 @@ import math
 import re
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 from .confidence import MIN_TRUSTED_SAMPLES
 
@@ -61,10 +61,9 @@ class Windows:
     """Sampled connections needed in the window, and in the baseline before it is used: the
     project's one "too small to trust" rule (confidence.py)."""
     z: float = 3.0
-    """Standard scores of the Wilson intervals. 3 (one-sided, 0.13% per independent
-    window) rather than 1.96: a 15-minute window evaluated every minute for a week is
-    about 700 independent looks per series, times every network; at 1.96 noise alone would
-    cross the bound several times a week."""
+    """Standard scores of the Wilson intervals. It matters for a series whose usual share
+    sits right at its bar: ~700 independent 15-minute looks a week give about one crossing
+    at 3 (one-sided 0.13%), about 17 at 1.96 (2.5%)."""
     baseline_min: float = 0.01
     """A baseline share below this counts as this (a category that was ~0 is not a spike at
     every single occurrence)."""
@@ -341,6 +340,78 @@ def rules(w: Windows = Windows(), scope: Scope = Scope()) -> dict[str, Any]:
              "rules": spike_alerts(w, scope) + _health_alerts(w)},
         ]
     }
+
+
+SIZING_RATES = (500, 1_200, 2_000, 5_000, 20_000, 100_000)
+"""New connections per second at one level (a network's, a site's or the fleet's, over all
+its servers) for the sizing table in docs/operations.md."""
+SIZING_BASELINE = 0.02
+SIZING_SHIFTS = (0.10, 0.30)
+
+
+def spike_bar(baseline: float, baseline_n: float, w: Windows = Windows()) -> float:
+    """The share the window's Wilson lower bound must clear (the `spike_bar` rule)."""
+    if baseline_n < w.min_samples:
+        return max(w.default_share, w.floor)
+    _, upper = wilson(baseline * baseline_n, baseline_n, w.z)
+    return max(upper, w.factor * max(baseline, w.baseline_min), w.floor)
+
+
+def _pages(share: float, n: float, bar: float, z: float) -> bool:
+    return n > 0 and wilson(share * n, n, z)[0] > bar
+
+
+def detection(rate: float, probability: float, shift: float, w: Windows = Windows(),
+              baseline: float = SIZING_BASELINE) -> Optional[float]:
+    """Minutes from the start of a shift of the share from `baseline` to `shift` until the
+    spike alert fires at a level with `rate` new connections per second (the window filling
+    with the new share, then `for`), or None when it never does. The baseline is a week at
+    the same rate."""
+    n = rate * probability * seconds(w.short)
+    if n < w.min_samples:
+        return None
+    bar = spike_bar(baseline, rate * probability * seconds(w.baseline), w)
+    steps = 200
+    for step in range(1, steps + 1):
+        filled = step / steps
+        if _pages(baseline + filled * (shift - baseline), n, bar, w.z):
+            return (filled * seconds(w.short) + seconds(w.spike_for)) / 60
+    return None
+
+
+def smallest_paging_share(rate: float, probability: float, w: Windows = Windows(),
+                          baseline: float = SIZING_BASELINE) -> Optional[float]:
+    """The smallest share a full window must hold to page, against `baseline`."""
+    n = rate * probability * seconds(w.short)
+    if n < w.min_samples:
+        return None
+    bar = spike_bar(baseline, rate * probability * seconds(w.baseline), w)
+    low, high = baseline, 1.0
+    if not _pages(high, n, bar, w.z):
+        return None
+    for _ in range(60):
+        mid = (low + high) / 2
+        low, high = (low, mid) if _pages(mid, n, bar, w.z) else (mid, high)
+    return high
+
+
+def sizing_table(probability: float = 0.0001, w: Windows = Windows()) -> str:
+    """Markdown: how fast a shift of what size pages, by connections per second."""
+    def minutes(value: Optional[float]) -> str:
+        return "never" if value is None else f"{value:.0f} min"
+
+    head = (f"| new connections/s | sampled per {w.short} | smallest share that pages "
+            f"(baseline {SIZING_BASELINE:.0%}) | "
+            + " | ".join(f"time to page, {SIZING_BASELINE:.0%} -> {s:.0%}"
+                         for s in SIZING_SHIFTS) + " |")
+    rows = [head, "|" + "---|" * (3 + len(SIZING_SHIFTS))]
+    for rate in SIZING_RATES:
+        n = rate * probability * seconds(w.short)
+        least = smallest_paging_share(rate, probability, w)
+        shown = f"under {w.min_samples}: no page" if least is None else f"{least:.1%}"
+        times = " | ".join(minutes(detection(rate, probability, s, w)) for s in SIZING_SHIFTS)
+        rows.append(f"| {rate:,} | {n:,.0f} | {shown} | {times} |")
+    return "\n".join(rows)
 
 
 def yaml_lines(value: Any, indent: int = 0) -> list[str]:

@@ -14,6 +14,7 @@ from .config import SETTINGS, _toml_value
 from .docenum import DocEnum
 from .flows import Exclusion
 from .packet import Invalid
+from .promrules import sizing_table
 from .signature import Signature
 
 
@@ -69,6 +70,7 @@ BLOCKS = {
     "invalid": lambda: _enum_table(Invalid, "reason"),
     "settings": settings_table,
     "metrics": metrics_table,
+    "sizing": sizing_table,
 }
 _BLOCK = re.compile(
     r"(<!-- generated: (?P<name>[a-z]+) -->\n)(?P<body>.*?)(<!-- end generated -->)", re.S

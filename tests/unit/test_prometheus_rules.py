@@ -122,3 +122,29 @@ def test_inhibition_rules_load_in_alertmanager(tmp_path: Path) -> None:
                             text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"{len(config['inhibit_rules'])} inhibit rules" in result.stdout
+
+
+def test_sizing_pages_faster_with_more_traffic_and_never_below_the_minimum() -> None:
+    w = promrules.Windows()
+    # 1,000 new connections/s sample 90 per 15 minutes: under the minimum, never a page.
+    assert promrules.detection(1_000, 0.0001, 0.30, w) is None
+    assert promrules.smallest_paging_share(1_000, 0.0001, w) is None
+    slow = promrules.detection(5_000, 0.0001, 0.30, w)
+    fast = promrules.detection(100_000, 0.0001, 0.30, w)
+    assert slow is not None and fast is not None and fast < slow
+    # At least the `for`, at most the window plus the `for`.
+    assert 15 < fast <= slow <= 30
+    least = promrules.smallest_paging_share(5_000, 0.0001, w)
+    assert least is not None and 3 * 0.02 < least < 0.10
+    assert promrules.detection(5_000, 0.0001, least * 0.99, w) is None
+    assert promrules.detection(5_000, 0.0001, least * 1.01, w) is not None
+
+
+def test_young_bar_is_the_default_share_and_mature_bar_follows_the_baseline() -> None:
+    w = promrules.Windows()
+    assert promrules.spike_bar(0.02, 50, w) == w.default_share
+    assert promrules.spike_bar(0.02, 10**6, w) == pytest.approx(3 * 0.02)
+    assert promrules.spike_bar(0.001, 10**6, w) == w.floor
+    # A small baseline's upper bound is the bar when it is the highest.
+    upper = promrules.wilson(0.01 * 150, 150, w.z)[1]
+    assert promrules.spike_bar(0.01, 150, w) == upper > w.floor
