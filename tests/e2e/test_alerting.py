@@ -30,7 +30,9 @@ Phases:
    complete the handshake, hang, give up after `GIVE_UP_S` and abort (RST): post_ack resets.
    The post_ack share rises to about a third, not to 100 %. The alert must reach ``firing``
    in Prometheus within `FIRING_WAIT_S`, and the webhook must get a firing notification for
-   it with ``category=post_ack`` and ``severity=page`` within `NOTIFY_WAIT_S`.
+   it with ``category=post_ack`` and ``severity=page`` within `NOTIFY_WAIT_S`. The server's
+   own alert (``level=instance``, a ticket) fires too, and Alertmanager, loaded with the
+   shipped inhibition rules, holds it: only the page is notified.
 
 The baseline (`promrules`) sums the counts of whole `long` windows ending at least `long` before
 now, so the spike does not raise its own baseline before the alert fires; the control phase
@@ -411,6 +413,22 @@ def test_post_ack_spike_fires_and_notifies(stack: Stack) -> None:
     body = next(b for b in mon.notifications() if sent in b.get("alerts", []))
     assert body.get("status") == "firing", body
     assert body.get("receiver") == "webhook", body
+    # The server's own alert (a ticket) fired with the page, and the shipped inhibition
+    # rules held it in Alertmanager: one incident, one notification.
+    def ticket_held() -> Optional[dict[str, Any]]:
+        for held in mon.alertmanager_alerts():
+            if (held["labels"].get("alertname"), held["labels"].get("level")) == (
+                ALERT, "instance"
+            ):
+                return held
+        return None
+
+    ticket = _poll(stack, ticket_held, NOTIFY_WAIT_S, "the server's ticket in Alertmanager")
+    assert ticket["labels"].get("severity") == "ticket", ticket
+    assert ticket["status"]["inhibitedBy"], f"the ticket is not inhibited: {ticket}"
+    others = [n for n in _notified_spikes(mon.notifications())
+              if n["labels"].get("level") != LEVEL]
+    assert others == [], f"notified besides the {LEVEL} page: {others}\n{stack.diagnostics()}"
 
     # The agent counted the zero-rated connections as post_ack, and only the Post-ACK alert
     # fired (their requests never reached the server: no Post-PSH).
