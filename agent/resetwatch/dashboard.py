@@ -104,12 +104,12 @@ def dashboard() -> dict[str, Any]:
             [
                 _target(
                     'resetwatch:category_share:ratio15m{category=~"post_ack|post_psh", '
-                    'instance=~"$instance"}',
+                    'level="instance", instance=~"$instance"}',
                     "{{category}} (15m)",
                 ),
                 _target(
-                    'resetwatch:category_share:ratio1h_avg7d{category=~"post_ack|post_psh", '
-                    'instance=~"$instance"}',
+                    'resetwatch:category_share:baseline7d{category=~"post_ack|post_psh", '
+                    'level="instance", instance=~"$instance"}',
                     "{{category}} baseline (7d)",
                     "B",
                 ),

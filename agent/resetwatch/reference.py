@@ -15,6 +15,7 @@ from .config import SETTINGS, _toml_value
 from .docenum import DocEnum
 from .flows import Exclusion
 from .packet import Invalid
+from .promrules import sizing_table
 from .signature import Signature
 
 
@@ -91,6 +92,7 @@ BLOCKS = {
     "settings": settings_table,
     "records": record_table,
     "metrics": metrics_table,
+    "sizing": sizing_table,
 }
 _BLOCK = re.compile(
     r"(<!-- generated: (?P<name>[a-z]+) -->\n)(?P<body>.*?)(<!-- end generated -->)", re.S

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Optional
 
+from resetwatch import inhibit
 from tests.lab.netns import Lab, LabError
 from tests.lab.traffic import SERVER_PROG
 
@@ -79,12 +80,16 @@ def prometheus_config(
     }
 
 
-def alertmanager_config(webhook_url: str) -> dict[str, Any]:
-    """Everything to one webhook receiver, sent one second after it arrives."""
+def alertmanager_config(
+    webhook_url: str, group_by: Sequence[str] = ("alertname", "instance")
+) -> dict[str, Any]:
+    """Everything to one webhook receiver, sent one second after it arrives, with the
+    shipped inhibition rules (deploy/alertmanager/resetwatch.inhibit.yml)."""
     return {
+        "inhibit_rules": inhibit.inhibit_rules(),
         "route": {
             "receiver": "webhook",
-            "group_by": ["alertname", "instance"],
+            "group_by": list(group_by),
             "group_wait": "1s",
             "group_interval": "1s",
             "repeat_interval": "1h",
@@ -191,6 +196,25 @@ class Monitoring:
         except (ValueError, KeyError, TypeError):
             raise LabError(f"/api/v1/alerts answered {self.last_alerts_body[:2000]}") from None
 
+    def alertmanager_url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.alertmanager_port}{path}"
+
+    def post_alerts(self, alerts: list[dict[str, Any]]) -> None:
+        """Send alerts to Alertmanager as Prometheus does (POST /api/v2/alerts)."""
+        code, body = self.curl(
+            self.alertmanager_url("/api/v2/alerts"), "--request", "POST",
+            "--header", "Content-Type: application/json", "--data", json.dumps(alerts),
+        )  # fmt: skip
+        if code != 200:
+            raise LabError(f"Alertmanager refused the alerts ({code}): {body[:2000]}")
+
+    def alertmanager_alerts(self) -> list[dict[str, Any]]:
+        """Every alert Alertmanager holds, with its status (inhibitedBy, state)."""
+        code, body = self.curl(self.alertmanager_url("/api/v2/alerts"))
+        if code != 200:
+            raise LabError(f"Alertmanager /api/v2/alerts answered {code}: {body[:2000]}")
+        return list(json.loads(body))
+
     def reload_prometheus(self) -> None:
         code, body = self.curl(self.prometheus_url("/-/reload"), "--request", "POST")
         if code != 200:
@@ -259,10 +283,10 @@ class Monitoring:
         # It answers POST only: a GET getting 501 proves it listens.
         self._wait_answering(service, f"http://127.0.0.1:{self.webhook_port}/", (501,))
 
-    def start_alertmanager(self) -> None:
+    def start_alertmanager(self, group_by: Sequence[str] = ("alertname", "instance")) -> None:
         config = self.tmp / "alertmanager.yml"
         url = f"http://127.0.0.1:{self.webhook_port}/alerts"
-        config.write_text(json.dumps(alertmanager_config(url), indent=2))
+        config.write_text(json.dumps(alertmanager_config(url, group_by), indent=2))
         (self.tmp / "alertmanager-data").mkdir(exist_ok=True)
         service = self._start(
             "alertmanager",

@@ -30,13 +30,14 @@ Phases:
    complete the handshake, hang, give up after `GIVE_UP_S` and abort (RST): post_ack resets.
    The post_ack share rises to about a third, not to 100 %. The alert must reach ``firing``
    in Prometheus within `FIRING_WAIT_S`, and the webhook must get a firing notification for
-   it with ``category=post_ack`` and ``severity=page`` within `NOTIFY_WAIT_S`.
+   it with ``category=post_ack`` and ``severity=page`` within `NOTIFY_WAIT_S`. The server's
+   own alert (``level=instance``, a ticket) fires too, and Alertmanager, loaded with the
+   shipped inhibition rules, holds it: only the page is notified.
 
-Why the spike must come soon after the control phase: the baseline is the average of the share
-over 10 minutes, *including the spike itself*, so it climbs once the spike starts. With a
-control phase of B seconds at share ~0, a spike of share S reaches S over the 30 s window and
-then stays above 3x the baseline for about (B + 45) / 2 seconds: ~50 s here, while the alert
-needs ~5 s for the share to pass the 5 % floor plus `for: 5s`.
+The baseline (`promrules`) sums the counts of whole `long` windows ending at least `long` before
+now, so the spike does not raise its own baseline before the alert fires; the control phase
+gives it more than `min_samples` sampled connections, so it is used rather than the default
+share. The test waits for the fleet level's page (one agent: its fleet is that server).
 
 Needs root, the Debian binaries /usr/bin/prometheus and /usr/bin/prometheus-alertmanager,
 iproute2, iptables and curl; skips with the reason otherwise. Every wait polls with a limit and
@@ -80,9 +81,15 @@ WINDOWS = promrules.Windows(
 )
 RULES = promrules.render(WINDOWS)
 RULE_COUNT = sum(len(group["rules"]) for group in promrules.rules(WINDOWS)["groups"])
-SHARE = f"resetwatch:category_share:ratio{WINDOWS.short}"
-BASELINE = f"resetwatch:category_share:ratio{WINDOWS.long}_avg{WINDOWS.baseline}"
-SAMPLES = f"resetwatch:connections:increase{WINDOWS.short}"
+NAMES = promrules.Names(WINDOWS)
+LEVEL = "fleet"
+"""The level whose page the test waits for (one agent: the fleet is that server; its own
+level-"instance" alert is a ticket, held by the page's inhibition)."""
+SHARE = f'{NAMES.share}{{level="{LEVEL}"}}'
+BASELINE = f'{NAMES.baseline}{{level="{LEVEL}"}}'
+BAR = f'{NAMES.bar}{{level="{LEVEL}"}}'
+SAMPLES = f'{NAMES.samples}{{level="{LEVEL}"}}'
+
 SPIKE_ALERTS = ("ResetwatchPostAckSpike", "ResetwatchPostPshSpike")
 ALERT = "ResetwatchPostAckSpike"
 
@@ -222,7 +229,7 @@ class Stack:
         alert is made of, the webhook's notifications and the logs."""
         mon = self.mon
         parts = [f"last /api/v1/alerts: {mon.last_alerts_body[:4000]}"]
-        for expr in (SHARE, BASELINE, SAMPLES, "ALERTS", 'up{job="resetwatch"}'):
+        for expr in (SHARE, BASELINE, BAR, SAMPLES, "ALERTS", 'up{job="resetwatch"}'):
             parts.append(f"{expr} = {mon.query_text(expr)}")
         parts.append(
             "agent resetwatch_connections_total: "
@@ -375,7 +382,7 @@ def test_post_ack_spike_fires_and_notifies(stack: Stack) -> None:
 
     def firing() -> Optional[dict[str, Any]]:
         for alert in mon.alerts():
-            if alert["labels"].get("alertname") == ALERT:
+            if alert["labels"].get("alertname") == ALERT and alert["labels"].get("level") == LEVEL:
                 if not states or states[-1] != alert["state"]:
                     states.append(str(alert["state"]))
                 if alert["state"] == "firing":
@@ -392,7 +399,10 @@ def test_post_ack_spike_fires_and_notifies(stack: Stack) -> None:
 
     def notified() -> Optional[dict[str, Any]]:
         for sent in _notified_spikes(mon.notifications()):
-            if sent["labels"].get("alertname") == ALERT and sent.get("status") == "firing":
+            labels = sent["labels"]
+            if (labels.get("alertname"), labels.get("level")) == (ALERT, LEVEL) and sent.get(
+                "status"
+            ) == "firing":
                 return sent
         return None
 
@@ -403,6 +413,22 @@ def test_post_ack_spike_fires_and_notifies(stack: Stack) -> None:
     body = next(b for b in mon.notifications() if sent in b.get("alerts", []))
     assert body.get("status") == "firing", body
     assert body.get("receiver") == "webhook", body
+    # The server's own alert (a ticket) fired with the page, and the shipped inhibition
+    # rules held it in Alertmanager: one incident, one notification.
+    def ticket_held() -> Optional[dict[str, Any]]:
+        for held in mon.alertmanager_alerts():
+            if (held["labels"].get("alertname"), held["labels"].get("level")) == (
+                ALERT, "instance"
+            ):
+                return held
+        return None
+
+    ticket = _poll(stack, ticket_held, NOTIFY_WAIT_S, "the server's ticket in Alertmanager")
+    assert ticket["labels"].get("severity") == "ticket", ticket
+    assert ticket["status"]["inhibitedBy"], f"the ticket is not inhibited: {ticket}"
+    others = [n for n in _notified_spikes(mon.notifications())
+              if n["labels"].get("level") != LEVEL]
+    assert others == [], f"notified besides the {LEVEL} page: {others}\n{stack.diagnostics()}"
 
     # The agent counted the zero-rated connections as post_ack, and only the Post-ACK alert
     # fired (their requests never reached the server: no Post-PSH).

@@ -28,6 +28,24 @@ def _rules() -> str:
     return render()
 
 
+def _spike_tests() -> str:
+    from ..promtests import render_spikes
+
+    return render_spikes()
+
+
+def _noise_tests() -> str:
+    from ..promtests import render_noise
+
+    return render_noise()
+
+
+def _inhibition() -> str:
+    from ..inhibit import render
+
+    return render()
+
+
 def _dashboard() -> str:
     from ..dashboard import render
 
@@ -45,6 +63,15 @@ ASSETS: dict[str, tuple[str, Callable[[], str]]] = {
     "prometheus/resetwatch.rules.test.yml": (
         "deploy/prometheus/resetwatch.rules.test.yml",
         _static("resetwatch.rules.test.yml"),
+    ),
+    "prometheus/resetwatch.spikes.test.yml": (
+        "deploy/prometheus/resetwatch.spikes.test.yml", _spike_tests
+    ),
+    "prometheus/resetwatch.noise.test.yml": (
+        "deploy/prometheus/resetwatch.noise.test.yml", _noise_tests
+    ),
+    "alertmanager/resetwatch.inhibit.yml": (
+        "deploy/alertmanager/resetwatch.inhibit.yml", _inhibition
     ),
     "grafana/resetwatch.json": ("deploy/grafana/resetwatch.json", _dashboard),
     "systemd/resetwatch.service": ("systemd/resetwatch.service", _static("resetwatch.service")),
