@@ -384,9 +384,11 @@ RULE_ACTIONS = {
         "and byte counters.",
     ),
     "check": (
-        "compare the installed rules with the configured ones",
-        "Exit 0 when the installed rules equal the configured ones, 1 otherwise, saying "
-        "what differs.",
+        "compare the installed rules with the running agent's (or the configured) ones",
+        "Exit 0 when the installed rules equal the expected ones, 1 otherwise, saying what "
+        "differs. Expected: what the running agent uses (asked over its listener: the "
+        "config file's listen, or --agent), else the config file; flags given here win. "
+        "The first line says which was compared.",
     ),
 }
 
@@ -406,8 +408,35 @@ def _add_rules(sub: Any) -> None:
         a = actions.add_parser(action, help=summary, description=description)
         if action == "install":
             a.add_argument("--dry-run", action="store_true", help="print what would be applied")
+        if action == "check":
+            a.add_argument("--agent", metavar="URL",
+                           help="the running agent to compare with (default: the config "
+                           "file's listen address)")  # fmt: skip
         _add_settings(a, RULE_KEYS)
         a.set_defaults(func=cmd_rules, dry_run=False)
+
+
+def _expected_by_agent(args: argparse.Namespace, config: Any) -> Any:
+    """For `check`: the running agent's rule settings where it answers (flags given here
+    still win), else the config file's; prints which it compares with."""
+    from dataclasses import replace
+
+    from .config import BY_KEY, ConfigError
+    from .status import agent_settings, resolve_agent
+
+    try:
+        url = resolve_agent(getattr(args, "agent", None), args.config)
+    except ConfigError as error:
+        raise UsageError(str(error)) from None
+    running = agent_settings(url)
+    if running is None:
+        print(f"resetwatch rules: comparing with {config.source} (no agent answered at {url})")
+        return config
+    given = {key for key in RULE_KEYS if getattr(args, key, None) is not None}
+    taken = {key: BY_KEY[key].check(running[key]) for key in RULE_KEYS
+             if key in running and key not in given}  # fmt: skip
+    print(f"resetwatch rules: comparing with the running agent at {url}")
+    return replace(config, **taken, source=f"the running agent at {url}")
 
 
 def cmd_rules(args: argparse.Namespace) -> int:
@@ -415,6 +444,8 @@ def cmd_rules(args: argparse.Namespace) -> int:
     from .rules import RulesError, backend_for
 
     config = _config_from(args, RULE_KEYS)
+    if args.action == "check":
+        config = _expected_by_agent(args, config)
     try:
         backend = backend_for(config.backend)
         spec = rule_spec(config)

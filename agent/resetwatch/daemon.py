@@ -79,9 +79,11 @@ class Agent:
                              close_linger=config.close_linger, max_flows=config.max_flows)
         health.flows_active = lambda: len(self.engine.table)
         health.last_packet_age = lambda: max(0.0, self.clock() - self._last_packet)
+        health.last_packet_time = lambda: self.to_wall(self._last_packet) if self._received else 0.0
         self.source: Optional[PacketSource] = None
         self.http: Optional[HttpServer] = None
         self._stop = self._stopped = self._reload = self._history_loaded = False
+        self._received = False
         self._last_loop = self._last_packet = clock()
         self._watchdog = Every(5.0, self._ping, clock, due_now=True)
         self._gc = Every(GC_EVERY, self.engine.collect_cycles, clock)
@@ -127,7 +129,7 @@ class Agent:
             self._ipdb_refresh = self.networks.refresher(self.clock)
         try:
             self.http = open_listener(config, self.registry, self.healthy, self.history,
-                                      self.wall_now, self.health)  # fmt: skip
+                                      self.wall_now, self.health, lambda: self.config)
         except OSError as error:
             raise StartError(f"listen {config.listen}: {error.strerror}") from None
         self.http.start()
@@ -162,7 +164,7 @@ class Agent:
         received = engine.feed_batches(source.batches(timeout), self.health.invalid)
         now = self.clock()
         if received:
-            self._last_packet = now
+            self._last_packet, self._received = now, True
         engine.sweep(now)
         self.health.update(engine.table.stats, source.stats())
         self.outputs.flush()

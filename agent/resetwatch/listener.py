@@ -3,15 +3,29 @@ its cache and size limits (apicache.py), on the listener of server.py."""
 
 from __future__ import annotations
 
+import json
 from typing import Callable
 
 from prometheus_client.registry import CollectorRegistry
 
 from . import api, apicache
-from .config import Config
+from .config import SETTINGS, Config
 from .history import History
 from .metrics import AgentHealth
-from .server import HttpServer
+from .server import HttpServer, Response, Route
+
+CONFIG = api.PREFIX + "/config"
+"""The running agent's settings (`resetwatch rules check` compares the rules with them)."""
+
+
+def config_route(current: Callable[[], Config]) -> Route:
+    def handle(_query: dict[str, list[str]]) -> Response:
+        config = current()
+        settings = {s.key: getattr(config, s.key) for s in SETTINGS}
+        body = {"source": config.source, "settings": settings}
+        return 200, "application/json", (json.dumps(body, indent=2) + "\n").encode()
+
+    return handle
 
 
 def open_listener(
@@ -21,8 +35,10 @@ def open_listener(
     history: History,
     wall: Callable[[], float],
     health: AgentHealth,
+    current: Callable[[], Config],
 ) -> HttpServer:
-    """Bind the listener (OSError when the address is taken) and add the API's routes."""
+    """Bind the listener (OSError when the address is taken) and add the API's routes;
+    `current` gives the running settings (they change on reload)."""
     http = HttpServer(config.listen_address, registry, healthy,
                       max_connections=config.http_max_connections)  # fmt: skip
     health.http_refused = http.refused
@@ -32,6 +48,7 @@ def open_listener(
     http.routes.update(
         apicache.guard(routes, wall, settle=settle, retention=lambda: history.retention)
     )
+    http.routes[CONFIG] = config_route(current)
     return http
 
 

@@ -18,6 +18,7 @@ from prometheus_client.core import (
     InfoMetricFamily,
     Metric,
 )
+from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from . import __version__
@@ -116,6 +117,8 @@ class AgentHealth:
     rules: RulesState = field(default_factory=RulesState)
     reloads: int = 0
     last_packet_age: Callable[[], float] = lambda: 0.0
+    last_packet_time: Callable[[], float] = lambda: 0.0
+    """Epoch seconds of the last packet; 0 while none has arrived."""
     history_save_errors: Callable[[], int] = lambda: 0
     outputs: Callable[[], Sequence[OutputHealth]] = lambda: ()
     """Every output the factory can build, failing or not (outputs.OUTPUTS declares them)."""
@@ -224,8 +227,16 @@ class AgentCollector(Collector):
             value=health.reloads,
         )
         yield GaugeMetricFamily(
+            "resetwatch_last_packet_timestamp_seconds",
+            "When the last packet arrived from NFLOG, in epoch seconds (0: no packet yet). "
+            "Alert on time() minus it.",
+            value=health.last_packet_time(),
+        )
+        yield GaugeMetricFamily(
             "resetwatch_last_packet_age_seconds",
-            "Seconds since the last packet arrived from NFLOG.",
+            "Deprecated, to be removed after this release: use time() - "
+            "resetwatch_last_packet_timestamp_seconds. Seconds since the last packet arrived "
+            "from NFLOG (since the start while none has).",
             value=health.last_packet_age(),
         )
         yield CounterMetricFamily(
@@ -358,6 +369,9 @@ def build_registry(
 ) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(AgentCollector(counts, health))
+    # process_cpu_seconds_total, process_resident_memory_bytes, open fds, start time: the
+    # agent's own cost, as every Prometheus client exports it.
+    ProcessCollector(registry=registry)
     if networks is not None and counts.labels is not None:
         registry.register(NetworkCollector(counts, networks))
     return registry

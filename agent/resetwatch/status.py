@@ -86,6 +86,18 @@ def _get(base: str, path: str, query: Optional[dict[str, str]] = None) -> tuple[
         raise StatusError(f"cannot ask {base}: {error}") from None
 
 
+def agent_settings(base: str) -> Optional[dict[str, Any]]:
+    """The running agent's settings (its /api/v1/config), or None when no agent answers
+    there (or something else does)."""
+    try:
+        status, body = _get(base, api.PREFIX + "/config")
+        doc = json.loads(body) if status == 200 else None
+    except (StatusError, ValueError):
+        return None
+    settings = doc.get("settings") if isinstance(doc, dict) else None
+    return settings if isinstance(settings, dict) else None
+
+
 def _api(base: str, path: str, query: dict[str, str]) -> dict[str, Any]:
     status, body = _get(base, path, query)
     try:

@@ -8,6 +8,8 @@ after a deliberate change with: RESETWATCH_UPDATE_GOLDEN=1 pytest tests/unit/tes
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -94,9 +96,33 @@ def scrape(agent: Agent, path: str = "/metrics") -> str:
         return response.read().decode()
 
 
-def test_metrics_match_golden_file(agent_run) -> None:
+def without_process_metrics(text: str) -> str:
+    """The process collector's values (CPU, memory, fds) differ on every run."""
+    return "".join(
+        line for line in text.splitlines(keepends=True)
+        if not line.startswith(("process_", "# HELP process_", "# TYPE process_"))
+    )
+
+
+def test_the_agents_own_cost_is_exported(agent_run) -> None:
     agent, _ = agent_run
     text = scrape(agent)
+    for name in ("process_cpu_seconds_total", "process_resident_memory_bytes",
+                 "process_open_fds", "process_start_time_seconds"):  # fmt: skip
+        assert f"\n{name} " in text, name
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian prometheus) missing")
+def test_promtool_check_metrics_is_clean(agent_run) -> None:
+    agent, _ = agent_run
+    result = subprocess.run(["promtool", "check", "metrics"], input=scrape(agent),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
+
+
+def test_metrics_match_golden_file(agent_run) -> None:
+    agent, _ = agent_run
+    text = without_process_metrics(scrape(agent))
     if os.environ.get("RESETWATCH_UPDATE_GOLDEN"):
         GOLDEN.parent.mkdir(exist_ok=True)
         GOLDEN.write_text(text)

@@ -88,7 +88,8 @@ def test_run_listen_names_the_api_and_rules_actions_have_their_own_help() -> Non
     assert "--dry-run print what would be applied" in install
     assert "--dry-run" not in resetwatch("rules", "check", "--help").stdout
     check = " ".join(resetwatch("rules", "check", "--help").stdout.split())
-    assert "Exit 0 when the installed rules equal the configured ones" in check
+    assert "Exit 0 when the installed rules equal the expected ones" in check
+    assert "--agent URL" in check
 
 
 def test_rules_never_imports_the_daemon() -> None:
