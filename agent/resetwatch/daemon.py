@@ -21,17 +21,18 @@ from .engine import Engine
 from .history import History, HistoryFile
 from .ipdb import IpdbError
 from .listener import open_listener, started_line
+from .liveness import Liveness
 from .metrics import AgentHealth, FlowCounts, build_registry
 from .networks import Networks, attach
 from .nflog import NflogError
 from .notify import Notifier
 from .outputs import OutputSet, OutputSettings
 from .periodic import Every
-from .reload import Reloader, prepare
+from .reload import Reloader, apply, prepare
 from .rules import RulesBackend, RulesError, backend_for
 from .rules.keeper import RulesKeeper
 from .server import HttpServer
-from .source import PacketSource, SourceFactory, open_nflog, set_buffer_max
+from .source import PacketSource, SourceFactory, open_nflog
 
 log = logging.getLogger("resetwatch")
 
@@ -78,18 +79,15 @@ class Agent:
         self.engine = Engine([self.counts, self.history], idle_timeout=config.idle_timeout,
                              close_linger=config.close_linger, max_flows=config.max_flows)
         health.flows_active = lambda: len(self.engine.table)
-        health.last_packet_age = lambda: max(0.0, self.clock() - self._last_packet)
-        health.last_packet_time = lambda: self.to_wall(self._last_packet) if self._received else 0.0
+        self.liveness = Liveness(clock, self.to_wall)
+        health.last_packet_age, health.last_packet_time = self.liveness.age, self.liveness.time
         self.source: Optional[PacketSource] = None
         self.http: Optional[HttpServer] = None
         self._stop = self._stopped = self._reload = self._history_loaded = False
-        self._received = False
-        self._last_loop = self._last_packet = clock()
         self._watchdog = Every(5.0, self._ping, clock, due_now=True)
         self._gc = Every(GC_EVERY, self.engine.collect_cycles, clock)
         self.saver = Every(HISTORY_SAVE_EVERY, self.save_history, clock, background=True)
         self.networks: Optional[Networks] = None
-        self._ipdb_refresh = Every(float("inf"), lambda: None, clock)  # set at start
 
     def to_wall(self, ts: float) -> float:
         return ts + self._wall_offset
@@ -98,7 +96,7 @@ class Agent:
         """Now, in epoch seconds, on the same clock the history's buckets use."""
         return self.to_wall(self.clock())
 
-    def _open_outputs(self, config: Config) -> None:
+    def open_outputs(self, config: Config) -> None:
         self.outputs.configure(OutputSettings.of(config))
         self.engine.outputs = [self.counts, self.history, *self.outputs.outputs]
 
@@ -107,7 +105,7 @@ class Agent:
         if self.history_file is not None:
             self.history_file.load(self.history)
         self._history_loaded = True
-        self._open_outputs(config)
+        self.open_outputs(config)
         for state in self.outputs.failing():
             raise StartError(f"{state.name} {config.records}: {state.error}")
         try:
@@ -126,7 +124,6 @@ class Agent:
                                        self.engine, self.registry)  # fmt: skip
             except IpdbError as error:
                 raise StartError(f"ipdb: {error}") from None
-            self._ipdb_refresh = self.networks.refresher(self.clock)
         try:
             self.http = open_listener(config, self.registry, self.healthy, self.history,
                                       self.wall_now, self.health, lambda: self.config)
@@ -163,16 +160,15 @@ class Agent:
         assert source is not None
         received = engine.feed_batches(source.batches(timeout), self.health.invalid)
         now = self.clock()
-        if received:
-            self._last_packet, self._received = now, True
         engine.sweep(now)
         self.health.update(engine.table.stats, source.stats())
         self.outputs.flush()
         self._reload_step()
         self._gc.poll()
         self.saver.poll()
-        self._ipdb_refresh.poll()
-        self._last_loop = now
+        if self.networks is not None:
+            self.networks.poll()
+        self.liveness.passed(now, received)
         self._watchdog.poll()
 
     def _ping(self) -> None:
@@ -194,24 +190,8 @@ class Agent:
             self._apply_reload(new)
 
     def _apply_reload(self, new: Config) -> None:
-        # Outputs reopen on every reload, also at the same path: that is how logrotate hands
-        # the agent a fresh records file (`postrotate systemctl reload resetwatch`).
-        self._open_outputs(new)
-        table = self.engine.table
-        table.idle_timeout, table.close_linger = new.idle_timeout, new.close_linger
-        table.max_flows = new.max_flows
-        if new.nflog_buffer_max != self.config.nflog_buffer_max:
-            set_buffer_max(self.source, new.nflog_buffer_max)
-        self.keeper.interval = new.rules_check_interval
-        self.history.retention = new.retention_days * 86400
-        if self.networks is not None:  # a changed ipdb or network_top takes a restart
-            self.networks.request_reopen()
-            self._ipdb_refresh.next_at = self.clock()
-        if self.http is not None:
-            self.http.max_connections = new.http_max_connections
+        apply(self, new)  # reload.py: what each part takes from the new config
         self.config = new
-        self.health.probability, self.health.max_flows = new.probability, new.max_flows
-        self.health.rules.managed = not new.no_rules
         self.health.reloads += 1
         log.info("configuration reloaded from %s", new.source)
 
@@ -221,19 +201,14 @@ class Agent:
             return
         self._stopped = True
         self.notifier.stopping()
-        rules = ["not managed (no_rules)" if self.config.no_rules else "not installed"]
-
-        def stop_rules() -> None:
-            outcome = self.keeper.stop(remove=not self.config.keep_rules)
-            if not self.config.no_rules:
-                rules[0] = outcome
-
+        done = {"rules": "not installed"}
         steps: list[tuple[str, Callable[[], object]]] = [
             ("drain the flow table", lambda: self.engine.drain(self.clock())),
             ("close the outputs", self.outputs.close),
             ("wait for a history save", self.saver.wait),
             ("save the history", self.save_history),
-            ("remove the rules", stop_rules),
+            ("remove the rules",
+             lambda: done.update(rules=self.keeper.stop(remove=not self.config.keep_rules))),
             ("close NFLOG", lambda: self.source.close() if self.source is not None else None),
             ("stop the listener", lambda: self.http.stop() if self.http is not None else None),
         ]
@@ -244,12 +219,10 @@ class Agent:
                 log.exception("stop: could not %s", what)
         self.source = self.http = None
         self.notifier.close()
-        log.info(
-            "stopped: %d flows judged, %d excluded, rules %s",
-            self.counts.tally.classified,
-            self.counts.tally.excluded_total,
-            rules[0],
-        )
+        rules = "not managed (no_rules)" if self.config.no_rules else done["rules"]
+        tally = self.counts.tally
+        log.info("stopped: %d flows judged, %d excluded, rules %s", tally.classified,
+                 tally.excluded_total, rules)  # fmt: skip
 
     def save_history(self) -> None:
         """Save the history file (never raises: a failure is logged and counted)."""
@@ -261,7 +234,7 @@ class Agent:
             self.history.prune(self.wall_now())
 
     def healthy(self) -> tuple[bool, str]:
-        if self.clock() - self._last_loop > 5 * LOOP_WAKE:
+        if self.liveness.stalled():
             return False, "packet loop stalled"
         if not (self.config.no_rules or self.health.rules.present):
             return False, "sampling rules missing"

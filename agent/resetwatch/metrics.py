@@ -127,6 +127,11 @@ class AgentHealth:
     http_refused: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REFUSALS, 0))
     http_open: Callable[[], int] = lambda: 0
 
+    def configure(self, probability: float, max_flows: int, rules_managed: bool) -> None:
+        """What a (re)loaded config says the agent does."""
+        self.probability, self.max_flows = probability, max_flows
+        self.rules.managed = rules_managed
+
     def update(self, table: TableStats, nflog: NflogStats) -> None:
         """The loop's counters after a pass."""
         self.flows_started, self.late_packets = table.started, table.late_packets

@@ -14,6 +14,7 @@ exports both families from the `FlowCounts.networks` tally, plus what the labels
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Callable
 
@@ -43,17 +44,20 @@ REFRESH_EVERY = 60.0
 class Networks:
     """The client-network lookup of the engine (`Engine(network_of=networks.of)`)."""
 
-    def __init__(self, ipdb: Ipdb) -> None:
+    def __init__(self, ipdb: Ipdb, clock: Callable[[], float] = time.monotonic) -> None:
         self.ipdb = ipdb
         self._reopen = False
+        self._clock = clock
+        self._refresher = Every(REFRESH_EVERY, self.refresh, clock, background=True)
+
+    def poll(self) -> None:
+        """From the daemon's loop: start a `refresh` in its own thread when one is due."""
+        self._refresher.poll()
 
     def request_reopen(self) -> None:
-        """SIGHUP: the next `refresh` reopens every file, changed or not."""
+        """SIGHUP: reopen every file, changed or not, at the next `poll`."""
         self._reopen = True
-
-    def refresher(self, clock: Callable[[], float]) -> Every:
-        """The daemon's timer for `refresh`: every REFRESH_EVERY s, in a thread of its own."""
-        return Every(REFRESH_EVERY, self.refresh, clock, background=True)
+        self._refresher.next_at = self._clock()
 
     def refresh(self) -> None:
         """Swap in replaced files (a corrupt one is refused, the old one kept). Runs in a
@@ -65,9 +69,9 @@ class Networks:
             self.ipdb.maybe_reload()
 
     @classmethod
-    def open(cls, paths: Sequence[str]) -> Networks:
+    def open(cls, paths: Sequence[str], clock: Callable[[], float] = time.monotonic) -> Networks:
         """Raises ipdb.IpdbError with one line naming the file and the problem."""
-        return cls(Ipdb(paths))
+        return cls(Ipdb(paths), clock)
 
     def of(self, flow: Flow) -> Network:
         key = flow.key
@@ -83,7 +87,7 @@ def attach(
 ) -> Networks:
     """Open the databases and wire them into the engine, the counts and the metrics; say
     which file answers what. Raises ipdb.IpdbError (one line) when a file cannot be used."""
-    networks = Networks.open(paths)
+    networks = Networks.open(paths, clock)
     counts.labels = NetworkLabels(top, clock)
     engine.network_of = networks.of
     registry.register(NetworkCollector(counts, networks))

@@ -12,11 +12,15 @@ import logging
 import queue
 import threading
 from dataclasses import replace
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from .config import Config, ConfigError, rule_spec
 from .rules import RulesError
 from .rules.keeper import RulesKeeper
+from .source import set_buffer_max
+
+if TYPE_CHECKING:
+    from .daemon import Agent
 
 log = logging.getLogger("resetwatch")
 
@@ -71,3 +75,23 @@ class Reloader:
             return None
         self._thread = None
         return self._results.get()
+
+
+def apply(agent: Agent, new: Config) -> None:
+    """The loop's side of a reload (the rules are already swapped): every part takes what it
+    uses from `new`. A change of ipdb or network_top takes a restart (RESTART_KEYS)."""
+    # Outputs reopen on every reload, also at the same path: that is how logrotate hands
+    # the agent a fresh records file (`postrotate systemctl reload resetwatch`).
+    agent.open_outputs(new)
+    table = agent.engine.table
+    table.idle_timeout, table.close_linger = new.idle_timeout, new.close_linger
+    table.max_flows = new.max_flows
+    if new.nflog_buffer_max != agent.config.nflog_buffer_max:
+        set_buffer_max(agent.source, new.nflog_buffer_max)
+    agent.keeper.interval = new.rules_check_interval
+    agent.history.retention = new.retention_days * 86400
+    if agent.networks is not None:
+        agent.networks.request_reopen()
+    if agent.http is not None:
+        agent.http.max_connections = new.http_max_connections
+    agent.health.configure(new.probability, new.max_flows, not new.no_rules)
