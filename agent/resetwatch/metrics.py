@@ -8,9 +8,9 @@ HELP texts come from the enums' own descriptions (classify.py, flows.py, packet.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -39,6 +39,16 @@ NFLOG_LOSS_REASONS = {
     "bad_message": "Netlink messages too damaged to read, counted once each: at least one "
     "packet lost per count (the rest of the datagram is skipped).",
 }
+
+
+def _counter(
+    name: str, help: str, labels: list[str], values: Mapping[tuple[Any, ...], float]
+) -> CounterMetricFamily:
+    """A labelled counter family; label values are enum members (their value) or strings."""
+    family = CounterMetricFamily(name, help, labels=labels)
+    for key, value in values.items():
+        family.add_metric([getattr(part, "value", part) for part in key], value)
+    return family
 
 
 def _enum_help(intro: str, members: object) -> str:
@@ -147,53 +157,7 @@ class AgentCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         counts, health = self.counts, self.health
-        m = CounterMetricFamily(
-            "resetwatch_connections",
-            _enum_help("Sampled TCP connections judged, by category.", Category),
-            labels=["family", "category"],
-        )
-        for (family, category), value in counts.connections().items():
-            m.add_metric([family, category.value], value)
-        yield m
-
-        m = CounterMetricFamily(
-            "resetwatch_connection_outcomes",
-            _enum_help("Sampled TCP connections judged, by stage and outcome.", Outcome),
-            labels=["family", "stage", "outcome"],
-        )
-        for (family, stage, outcome), value in counts.outcomes().items():
-            m.add_metric([family, stage.value, outcome.value], value)
-        yield m
-
-        m = CounterMetricFamily(
-            "resetwatch_connection_tags",
-            "Judged connections carrying each tag, by category (a connection has several "
-            "tags). " + " ".join(f"{t.value}: {t.doc}" for t in Tag),
-            labels=["family", "category", "tag"],
-        )
-        for (family, category, tag), value in counts.tags().items():
-            m.add_metric([family, category.value, tag.value], value)
-        yield m
-
-        m = CounterMetricFamily(
-            "resetwatch_connection_signatures",
-            "Judged connections by the SIGCOMM '23 paper's tampering signature (exactly one "
-            "each; none for the rest). " + " ".join(f"{s.value}: {s.doc}." for s in Signature),
-            labels=["family", "signature"],
-        )
-        for (family, signature), value in counts.signatures().items():
-            m.add_metric([family, signature.value], value)
-        yield m
-
-        m = CounterMetricFamily(
-            "resetwatch_flows_excluded",
-            _enum_help("Sampled flows counted but not classified, by reason.", Exclusion),
-            labels=["reason"],
-        )
-        for reason, value in counts.tally.excluded_by().items():
-            m.add_metric([reason.value], value)
-        yield m
-
+        yield from self._flows(counts)
         yield GaugeMetricFamily(
             "resetwatch_sampling_probability",
             "Probability that a new ingress TCP connection is sampled: divide counts by it "
@@ -286,6 +250,37 @@ class AgentCollector(Collector):
             "resetwatch_nflog_receive_buffer_bytes",
             "Size of the NFLOG socket's receive buffer (grows on overflow up to a limit).",
             value=stats.receive_buffer_bytes,
+        )
+
+    @staticmethod
+    def _flows(counts: FlowCounts) -> Iterator[Metric]:
+        """The flow families, from the one count model's views (every label value present)."""
+        yield _counter(
+            "resetwatch_connections",
+            _enum_help("Sampled TCP connections judged, by category.", Category),
+            ["family", "category"], counts.connections(),
+        )
+        yield _counter(
+            "resetwatch_connection_outcomes",
+            _enum_help("Sampled TCP connections judged, by stage and outcome.", Outcome),
+            ["family", "stage", "outcome"], counts.outcomes(),
+        )
+        yield _counter(
+            "resetwatch_connection_tags",
+            "Judged connections carrying each tag, by category (a connection has several "
+            "tags). " + " ".join(f"{t.value}: {t.doc}" for t in Tag),
+            ["family", "category", "tag"], counts.tags(),
+        )
+        yield _counter(
+            "resetwatch_connection_signatures",
+            "Judged connections by the SIGCOMM '23 paper's tampering signature (exactly one "
+            "each; none for the rest). " + " ".join(f"{s.value}: {s.doc}." for s in Signature),
+            ["family", "signature"], counts.signatures(),
+        )
+        yield _counter(
+            "resetwatch_flows_excluded",
+            _enum_help("Sampled flows counted but not classified, by reason.", Exclusion),
+            ["reason"], {(r,): n for r, n in counts.tally.excluded_by().items()},
         )
 
     @staticmethod
