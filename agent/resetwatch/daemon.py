@@ -83,7 +83,7 @@ class Agent:
         health.last_packet_age, health.last_packet_time = self.liveness.age, self.liveness.time
         self.source: Optional[PacketSource] = None
         self.http: Optional[HttpServer] = None
-        self._stop = self._stopped = self._reload = self._history_loaded = False
+        self._stop = self._stopped = self._reload = self._history_loaded = self._ready = False
         self._watchdog = Every(5.0, self._ping, clock, due_now=True)
         self._gc = Every(GC_EVERY, self.engine.collect_cycles, clock)
         self.saver = Every(HISTORY_SAVE_EVERY, self.save_history, clock, background=True)
@@ -132,6 +132,7 @@ class Agent:
         self.http.start()
         log.info("%s", started_line(config, self.http.port))
         self.notifier.ready(self.status_line())
+        self._ready = True
         self._watchdog.seconds = self.notifier.watchdog_interval or 5.0
 
     def run(self) -> int:
@@ -220,9 +221,9 @@ class Agent:
         self.source = self.http = None
         self.notifier.close()
         rules = "not managed (no_rules)" if self.config.no_rules else done["rules"]
-        tally = self.counts.tally
-        log.info("stopped: %d flows judged, %d excluded, rules %s", tally.classified,
-                 tally.excluded_total, rules)  # fmt: skip
+        if self._ready:  # a failed start says one line (its error), not two
+            log.info("stopped: %d flows judged, %d excluded, rules %s",
+                     self.counts.tally.classified, self.counts.tally.excluded_total, rules)
 
     def save_history(self) -> None:
         """Save the history file (never raises: a failure is logged and counted)."""
