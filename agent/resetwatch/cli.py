@@ -51,8 +51,9 @@ def _add_replay(sub: Any) -> None:
         help="classify the TCP connections in pcap/pcapng files",
         description=(
             "Run the classifier over capture files (pcap or pcapng; link types NFLOG, Ethernet, "
-            "raw IP, Linux SLL and SLL2), using the packet timestamps as the clock. Several "
-            "files are read in order as one stream."
+            "raw IP, Linux SLL and SLL2, NULL/LOOP, PPP and PPPoE; VLAN, MPLS and tunnels "
+            "such as GRE, VXLAN and GTP-U are decoded), using the packet timestamps as the "
+            "clock. Several files are read in order as one stream."
         ),
     )
     p.add_argument("files", nargs="+", metavar="FILE", help="capture files, read in order")
