@@ -18,7 +18,7 @@ import math
 import struct
 from array import array
 from collections import OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from itertools import islice
 from typing import Callable, NamedTuple, Optional, Union
 
@@ -49,37 +49,53 @@ class SynSignature(NamedTuple):
     options: str
 
 
-class Resets(NamedTuple):
-    """A flow's packets with RST set, as the classifier needs them: order-free, and bounded
-    (about 160 bytes at most, where a tuple of every RST cost about 100 bytes per RST)."""
+class Resets(int):
+    """A flow's packets with RST set, as the classifier needs them: order-free, and bounded.
 
-    shape: int
-    """RSTs with ACK clear, counted up to 2 (bits 0-1); RST+ACKs, counted up to 2 (bits 2-3);
-    bit 4 set when the RSTs with ACK clear carry different ack numbers."""
-    ack: int
-    """The lowest ack number of the RSTs with ACK clear; 0 when there is none."""
-    ttls: int
-    """Bit t set: some packet with RST set had TTL or hop limit t."""
+    One int (about 70 bytes at most, where a tuple of every RST cost about 100 bytes per RST,
+    and a tuple of these three fields 150): bits 0-4 `shape`, 5-36 `ack`, 37 and up `ttls`.
+    It unpacks like the tuple `(shape, ack, ttls)`.
+    """
+
+    __slots__ = ()
+
+    @property
+    def shape(self) -> int:
+        """RSTs with ACK clear, counted up to 2 (bits 0-1); RST+ACKs, counted up to 2 (bits
+        2-3); `ACKS_DIFFER` (bit 4) when the RSTs with ACK clear carry different ack numbers."""
+        return self & 31
+
+    @property
+    def ack(self) -> int:
+        """The lowest ack number of the RSTs with ACK clear; 0 when there is none."""
+        return self >> 5 & 0xFFFFFFFF
+
+    @property
+    def ttls(self) -> int:
+        """Bit t set: some packet with RST set had TTL or hop limit t."""
+        return self >> 37
 
     @property
     def rsts(self) -> int:
         """RSTs with ACK clear: 0, 1 or 2 (two or more)."""
-        return self.shape & 3
+        return self & 3
 
     @property
     def rstacks(self) -> int:
         """RST+ACKs: 0, 1 or 2 (two or more)."""
-        return self.shape >> 2 & 3
+        return self >> 2 & 3
 
-    @property
-    def acks_differ(self) -> bool:
-        """Whether two RSTs with ACK clear carry different ack numbers."""
-        return bool(self.shape & ACKS_DIFFER)
+    def __iter__(self) -> Iterator[int]:
+        return iter((self & 31, self >> 5 & 0xFFFFFFFF, self >> 37))
 
 
 ACKS_DIFFER = 16
-# NamedTuple's generated __new__ is a Python function; a summary is built directly.
-_new_resets = tuple.__new__
+_new_resets = int.__new__
+
+
+def _resets(shape: int, ack: int, ttls: int) -> Resets:
+    return _new_resets(Resets, shape | ack << 5 | ttls << 37)
+
 
 # Flow.marks bits (one int instead of several slots: a flow is held by the hundred thousand).
 ESTABLISHED = 1  # some packet had ACK set and neither SYN nor RST
@@ -117,7 +133,7 @@ _CLOSES = tuple(bool(flags & (RST | FIN)) for flags in range(256))
 _TTL_BITS = tuple(1 << ttl for ttl in range(256))
 _U16_INTS = tuple(range(65536))
 # The summary of a lone RST+ACK (the most common reset) by TTL, shared between flows.
-_ONE_RSTACK = tuple(_new_resets(Resets, (4, 0, bit)) for bit in _TTL_BITS)
+_ONE_RSTACK = tuple(_resets(4, 0, bit) for bit in _TTL_BITS)
 
 
 def _after_reset(resets: Optional[Resets], flags: int, ack: int, ttl: int) -> Resets:
@@ -126,8 +142,8 @@ def _after_reset(resets: Optional[Resets], flags: int, ack: int, ttl: int) -> Re
     if resets is None:
         if flags & ACK:
             return _ONE_RSTACK[ttl]
-        return _new_resets(Resets, (1, ack, _TTL_BITS[ttl]))
-    shape, low, ttls = resets
+        return _resets(1, ack, _TTL_BITS[ttl])
+    shape, low, ttls = resets & 31, resets >> 5 & 0xFFFFFFFF, resets >> 37
     if flags & ACK:
         if shape & 12 != 8:  # fewer than 2 RST+ACKs
             shape += 4
@@ -143,9 +159,9 @@ def _after_reset(resets: Optional[Resets], flags: int, ack: int, ttl: int) -> Re
         if count < 2:
             shape += 1
     bit = _TTL_BITS[ttl]
-    if ttls & bit and shape == resets[0] and low == resets[1]:
+    if ttls & bit and shape == resets & 31 and low == resets >> 5 & 0xFFFFFFFF:
         return resets  # nothing new: keep the object
-    return _new_resets(Resets, (shape, low, ttls | bit))
+    return _resets(shape, low, ttls | bit)
 # SYN signatures seen, shared between flows and numbered for packed SYNs (below). Bounded: a
 # flood of random windows must not grow it; beyond it flows keep signatures of their own.
 _SIGNATURE_LIST: list[SynSignature] = []
