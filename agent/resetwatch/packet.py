@@ -41,6 +41,7 @@ _HAS_SYN = tuple(byte & SYN != 0 for byte in range(256))
 _IPV6 = struct.Struct("!HBB")  # payload length, next header, hop limit
 _TCP = struct.Struct("!4xIIHH")  # seq, ack, data offset/flags, window
 _U16 = struct.Struct("!H")
+_U32 = struct.Struct("!I")
 
 _IPPROTO_TCP = 6
 # IPv6 extension headers walked on the way to TCP (RFC 8200 section 4).
@@ -276,6 +277,9 @@ def _parse_general(buf: bytes, ts: float, offset: int, size: int, depth: int) ->
             return Invalid.TRUNCATED
         payload_len6, nxt, ttl = _IPV6.unpack_from(buf, offset + 4)
         l4 = offset + 40
+        if payload_len6 == 0 and nxt == _HOP_BY_HOP and size >= l4 + 8 and buf[l4 + 2] == 0xC2:
+            # A jumbogram (RFC 2675), as BIG TCP builds them: the length is in the option.
+            payload_len6 = _U32.unpack_from(buf, l4 + 4)[0]
         for _ in range(_MAX_EXTENSIONS):
             if nxt == _IPPROTO_TCP:
                 break

@@ -398,3 +398,15 @@ def test_fuzzed_frames_never_raise_in_any_decoder() -> None:
                 if start < stop:
                     result = parse_ip(frame[:stop], 0.0, start)
                     assert isinstance(result, (Packet, Invalid))
+
+
+def test_big_tcp_packets_logged_by_nflog_in_the_lab() -> None:
+    # See tests/fixtures/decode/README.md: BIG TCP IPv6 packets reach NFLOG as jumbograms.
+    path = FIXTURE.parent / "decode" / "lab_bigtcp_nflog.pcap"
+    items = list(read_packets(path))
+    assert len(items) == 32
+    packets = [p for p in items if isinstance(p, Packet)]
+    assert len(packets) == len(items)
+    jumbo = [p for p in packets if p.family == 6 and p.payload_len > 65535]
+    assert len(jumbo) == 12
+    assert max(p.payload_len for p in packets if p.family == 4) <= 65535
