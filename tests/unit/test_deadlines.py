@@ -47,14 +47,15 @@ IDS = [e[0] for e in EXAMPLES]
 
 @pytest.mark.parametrize(("steps", "settings_", "stage", "outcome", "tags"),
                          [e[1:] for e in EXAMPLES], ids=IDS)
+@pytest.mark.parametrize("pack_above", [65536, 0], ids=["small-table", "packed-syns"])
 def test_live_table_with_an_injected_clock(
     steps: list[tuple[str, float]], settings_: dict[str, float], stage: Stage,
-    outcome: Outcome, tags: set[Tag],
+    outcome: Outcome, tags: set[Tag], pack_above: int,
 ) -> None:
     # As the daemon runs it: packets stamped by the clock, no sweep between them.
     clock = Clock()
     got = Collected()
-    table = FlowTable(got, **settings_)
+    table = FlowTable(got, pack_above=pack_above, **settings_)
     start = clock()
     for flags, after in steps:
         clock.now = start + after
@@ -211,3 +212,12 @@ def test_merging_unrelated_traffic_never_changes_another_flows_verdict(trace, ot
     alone = [e for e in _run(packets, 0) if e[0] in {p.key for p in packets}]
     mixed = [e for e in _run(merged, 4096) if e[0] in {p.key for p in packets}]
     assert sorted(mixed, key=_sort_key) == sorted(alone, key=_sort_key)
+
+
+def test_a_packed_syn_past_the_idle_timeout_is_judged_at_the_next_packet() -> None:
+    got = Collected()
+    table = FlowTable(got, idle_timeout=30.0, close_linger=10.0, pack_above=0)
+    table.add(pkt("S", 0.0, tuple_=CLIENT))
+    table.add(pkt("A", 31.0, tuple_=CLIENT))
+    assert [(v.stage, v.outcome) for v in got.verdicts] == [(Stage.POST_SYN, Outcome.TIMEOUT)]
+    assert table.stats.late_packets == 1 and len(table) == 0
