@@ -66,7 +66,12 @@ What it does, in order:
    c. bytes per flow held: a `FlowTable` with a no-op callback is fed the SYN and the ACK of
       N distinct flows (packets built inside the traced region, each with its own key bytes
       as `parse_ip` makes them); tracemalloc's traced-memory delta / N, for IPv4 only, IPv6
-      only and the 80/20 mix; plus the mix with the ACK sharing the SYN's key object.
+      only and the 80/20 mix; plus the mix with the ACK sharing the SYN's key object. Then
+      the worst case, measured the same way: hostile flows of a SYN and 8 RSTs (the most a
+      flow holds before its 10th packet ends it), RST and RST+ACK alternating, every ack
+      number and TTL different (TTLs near 255, the largest bit sets), all within their close
+      linger; and the same after a flood of SYNs has taken every shared SYN signature, each
+      SYN with its own window, ack number and 40 bytes of options of unknown kinds.
 
 3. Peers on the same file in the same invocation: `tcpdump -nn -r FILE -w /dev/null` (C,
    read and copy), `tcpdump -nn -r FILE` printing to /dev/null (C, decode), `tshark -r FILE -q
@@ -112,7 +117,7 @@ if str(ROOT / "agent") not in sys.path:
 
 from resetwatch.engine import Engine  # noqa: E402
 from resetwatch.flows import FlowTable  # noqa: E402
-from resetwatch.packet import ACK, FIN, PSH, RST, SYN, Packet  # noqa: E402
+from resetwatch.packet import ACK, FIN, PSH, RST, SYN, Packet, options_fingerprint  # noqa: E402
 from resetwatch.pcap import read_batches  # noqa: E402
 from resetwatch.replay import replay  # noqa: E402
 from resetwatch.summary import Summary  # noqa: E402
@@ -122,6 +127,7 @@ GEN_VERSION = 1
 
 TARGET_PPS = 200_000
 TARGET_FLOW_BYTES = 300
+TARGET_WORST_FLOW_BYTES = 500
 STEADY_SPAN_S = 340
 """Simulated seconds after which the table stops growing: idle timeout 300 s, plus the
 longest flow (30 s) and the close linger (10 s)."""
@@ -938,6 +944,57 @@ def flow_bytes(n: int, v6_share: float, shared_key: bool = False, seed: int = 7)
     return (after - before) / n
 
 
+def flow_bytes_hostile(
+    n: int, v6_share: float, own_signatures: bool = False, seed: int = 11
+) -> float:
+    """tracemalloc's traced-memory growth per flow after a SYN and 8 RSTs for each of `n`
+    flows (see the module docstring, c); `own_signatures` first fills the shared SYN
+    signature list, as a flood of SYNs with random windows would."""
+    rng = random.Random(seed)
+    table = FlowTable(lambda flow, reason: None, max_flows=n + 1)
+    srv4, srv6 = bytes((203, 0, 113, 1)), bytes.fromhex("20010db8000000000000000000000001")
+    ports = struct.Struct("!HH")
+    opts = sys.intern("M1460,S,T,N,W7")
+    t0 = 1_700_000_000.0
+    if own_signatures:
+        for i in range(5000):  # more distinct signatures than the list holds
+            table.add(Packet(t0, bytes(12), SYN, i, 0, i % 65536, 7, 0, True, 0, str(i)))
+        table.drain(t0)
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for i in range(n):
+        v6 = rng.random() < v6_share
+        src = (
+            rng.getrandbits(128).to_bytes(16, "big")
+            if v6
+            else rng.getrandbits(32).to_bytes(4, "big")
+        )
+        dst = srv6 if v6 else srv4
+        port = ports.pack(1024 + i % 64000, 443)
+        ts = t0 + i * 1e-5  # all n flows within one close linger: every one is held
+        window, ack, syn_opts = 64240, 0, opts
+        if own_signatures:
+            window, ack = rng.getrandbits(16), rng.getrandbits(32)
+            kinds = bytes(b for _ in range(20) for b in (rng.randrange(100, 256), 2))
+            syn_opts = options_fingerprint(kinds, 0, len(kinds))
+        key = b"".join((src, dst, port))
+        table.add(
+            Packet(ts, key, SYN, rng.getrandbits(32), ack, window, 52, rng.getrandbits(16),
+                   True, 0, syn_opts)
+        )
+        for j in range(8):
+            table.add(
+                Packet(ts + (j + 1) * 1e-3, b"".join((src, dst, port)),
+                       RST | (ACK if j % 2 else 0), rng.getrandbits(32), rng.getrandbits(32),
+                       0, 255 - 17 * j, 0, False, 0, "")
+            )
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert len(table) == n, len(table)
+    return (after - before) / n
+
+
 def run_scapy(path: Path, limit: int) -> dict[str, Any]:
     """scapy's PcapReader over the first `limit` records, rate extrapolated."""
     try:
@@ -1369,7 +1426,16 @@ def main(argv: Optional[list[str]] = None) -> int:
         "mixed_20pct_v6": flow_bytes(args.flow_bytes_n, 0.2),
         "mixed_shared_key": flow_bytes(args.flow_bytes_n, 0.2, shared_key=True),
     }
-    result["bytes_per_flow"] = {k: round(v, 1) for k, v in fb.items()}
+    _log(f"worst-case bytes per flow ({args.flow_bytes_n:,} hostile flows, 4 variants) ...")
+    worst = {
+        "hostile_ipv4": flow_bytes_hostile(args.flow_bytes_n, 0.0),
+        "hostile_ipv6": flow_bytes_hostile(args.flow_bytes_n, 1.0),
+        "hostile_mixed_20pct_v6": flow_bytes_hostile(args.flow_bytes_n, 0.2),
+        # Last: it fills the process's shared signature list for good.
+        "hostile_ipv6_own_signatures": flow_bytes_hostile(args.flow_bytes_n, 1.0, True),
+    }
+    worst_rst = max(worst["hostile_ipv4"], worst["hostile_ipv6"])
+    result["bytes_per_flow"] = {k: round(v, 1) for k, v in {**fb, **worst}.items()}
     out.write(
         _table(
             f"(c) bytes per flow held: tracemalloc delta / N after the SYN and ACK of "
@@ -1380,6 +1446,12 @@ def main(argv: Optional[list[str]] = None) -> int:
                 ["IPv6 only", f"{fb['ipv6']:.0f}"],
                 ["mixed, 20% IPv6 (the target's measure)", f"{fb['mixed_20pct_v6']:.0f}"],
                 ["mixed, if the ACK's key were the SYN's object", f"{fb['mixed_shared_key']:.0f}"],
+                ["worst case: SYN + 8 RSTs, IPv4", f"{worst['hostile_ipv4']:.0f}"],
+                ["worst case: SYN + 8 RSTs, IPv6", f"{worst['hostile_ipv6']:.0f}"],
+                ["worst case: SYN + 8 RSTs, mixed 20% IPv6",
+                 f"{worst['hostile_mixed_20pct_v6']:.0f}"],
+                ["  same, IPv6, SYNs past the shared signatures (own options)",
+                 f"{worst['hostile_ipv6_own_signatures']:.0f}"],
             ],
         )
     )
@@ -1488,6 +1560,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "packets_per_cpu_s": ours >= TARGET_PPS,
         "packets_per_s_wall": best["packets_per_s"] >= TARGET_PPS,
         "bytes_per_flow": mixed <= TARGET_FLOW_BYTES,
+        "worst_bytes_per_flow": worst_rst <= TARGET_WORST_FLOW_BYTES,
     }
     out.write(
         "\ntargets (printed, never enforced):\n"
@@ -1497,6 +1570,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         f"  <= {TARGET_FLOW_BYTES} bytes per flow held (mixed): {mixed:.0f} -> "
         f"{'met' if mixed <= TARGET_FLOW_BYTES else 'MISSED'} (IPv4 {fb['ipv4']:.0f}, "
         f"IPv6 {fb['ipv6']:.0f})\n"
+        f"  <= {TARGET_WORST_FLOW_BYTES} bytes per flow held, worst case (SYN + 8 RSTs): "
+        f"{worst_rst:.0f} -> {'met' if worst_rst <= TARGET_WORST_FLOW_BYTES else 'MISSED'} "
+        f"(with SYN signatures of their own: {worst['hostile_ipv6_own_signatures']:.0f})\n"
         f"  memory flat in file size: {d_rss / 2**20:+.1f} MB peak RSS for "
         f"x{hi.get('records', 0) / max(lo.get('records', 1), 1):.1f} the packets, "
         f"{_f(per_packet, ',.1f')} B per extra packet -> "

@@ -9,7 +9,16 @@ from __future__ import annotations
 from typing import NamedTuple, Optional
 
 from .docenum import DocEnum
-from .flows import DATA_MORE, DATA_ONE, ESTABLISHED, FIN_SEEN, MAX_PACKETS, Flow, Reset
+from .flows import (
+    ACKS_DIFFER,
+    DATA_MORE,
+    DATA_ONE,
+    ESTABLISHED,
+    FIN_SEEN,
+    MAX_PACKETS,
+    Flow,
+    Resets,
+)
 
 
 class Stage(DocEnum):
@@ -163,21 +172,23 @@ def _is_modern_template(options: str) -> bool:
     return known
 
 
-def _reset_tags(flow: Flow, resets: tuple[Reset, ...], tags: list[Tag]) -> None:
-    rst_acks = [r.ack for r in resets if not r.with_ack]
-    with_ack = len(resets) - len(rst_acks)
+def _reset_tags(flow: Flow, resets: Resets, tags: list[Tag]) -> None:
+    # Counts saturate at 2 (all the shapes need); `ack` is the lowest ack number of the RSTs
+    # with ACK clear, so one is zero exactly when it is (see `Resets`).
+    shape = resets.shape
+    rsts, with_ack = shape & 3, shape >> 2 & 3
     if flow.marks & FIN_SEEN:
         tags.append(_TAG_FIN)
-    if rst_acks and with_ack:
+    if rsts and with_ack:
         tags.append(Tag.RST_AND_RSTACKS)
     elif with_ack:
         tags.append(Tag.SINGLE_RSTACK if with_ack == 1 else Tag.MULTIPLE_RSTACKS)
-    elif len(rst_acks) == 1:
+    elif rsts == 1:
         tags.append(Tag.SINGLE_RST)
     else:
         tags.append(Tag.MULTIPLE_RSTS)
-        zero = 0 in rst_acks
-        if len(set(rst_acks)) == 1:
+        zero = resets.ack == 0
+        if not shape & ACKS_DIFFER:
             tags.append(Tag.ACKNUMSAME0 if zero else Tag.ACKNUMSAME)
         else:
             tags.append(Tag.ACKNUMDIFF0 if zero else Tag.ACKNUMDIFF)
@@ -238,12 +249,9 @@ def classify(flow: Flow) -> Verdict:
         tag_list.append(_TAG_TIMEOUT)
     if zmap is _TAG_ZMAP:
         tag_list.append(zmap)
-    if resets is not None:
-        ttls = flow.ttls  # bit t set: some non-RST packet had TTL t (see `Flow.has_ttl`)
-        for reset in resets:
-            if not ttls >> reset.ttl & 1:
-                tag_list.append(_TAG_TTL_MISMATCH)
-                break
+    # Some RST's TTL that no non-RST packet had (bit t: TTL t, see `Flow.has_ttl`).
+    if resets is not None and resets.ttls & ~flow.ttls:
+        tag_list.append(_TAG_TTL_MISMATCH)
     if zmap is _TAG_ZMAP_MODERN:
         tag_list.append(zmap)
     return _new_verdict(Verdict, (stage, outcome, category, tuple(tag_list)))

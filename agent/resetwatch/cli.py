@@ -46,13 +46,15 @@ def positive_int(text: str) -> int:
 
 
 def _add_replay(sub: Any) -> None:
+    from .decode import supported
+
     p = sub.add_parser(
         "replay",
         help="classify the TCP connections in pcap/pcapng files",
         description=(
-            "Run the classifier over capture files (pcap or pcapng; link types NFLOG, Ethernet, "
-            "raw IP, Linux SLL and SLL2), using the packet timestamps as the clock. Several "
-            "files are read in order as one stream."
+            "Run the classifier over capture files (pcap or pcapng), using the packet "
+            "timestamps as the clock. Several files are read in order as one stream. "
+            + supported()
         ),
     )
     p.add_argument("files", nargs="+", metavar="FILE", help="capture files, read in order")

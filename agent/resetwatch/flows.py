@@ -1,19 +1,24 @@
 """The flow table: rebuilds sampled connections from their ingress packets.
 
 It owns time (the close-linger and idle clocks), the exclusion rules and capacity, and hands
-every finished flow to a callback. It does no I/O and reads no clock: callers pass `now`.
+every finished flow to a callback. It does no I/O and reads no clock: its clock is the newest
+timestamp it has been given (by a packet, `sweep` or `drain`), and deadlines hold at every
+packet: a packet arriving once its flow's deadline has passed on that clock never joins it
+(the flow is judged first), so no verdict depends on how often `sweep` runs.
 
 A `Flow` keeps an order-free summary of its packets instead of the packets themselves (every
 update below commutes), so arrival order can never change a verdict, and a flow costs a few
-hundred bytes. See docs/methodology.md for the rules.
+hundred bytes whatever its packets (its RSTs are summarised too, see `Resets`). See
+docs/methodology.md for the rules.
 """
 
 from __future__ import annotations
 
 import math
 import struct
+from array import array
 from collections import OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from itertools import islice
 from typing import Callable, NamedTuple, Optional, Union
 
@@ -44,16 +49,53 @@ class SynSignature(NamedTuple):
     options: str
 
 
-class Reset(NamedTuple):
-    """One packet with RST set."""
+class Resets(int):
+    """A flow's packets with RST set, as the classifier needs them: order-free, and bounded.
 
-    with_ack: bool
-    ack: int
-    ttl: int
+    One int (about 70 bytes at most, where a tuple of every RST cost about 100 bytes per RST,
+    and a tuple of these three fields 150): bits 0-4 `shape`, 5-36 `ack`, 37 and up `ttls`.
+    It unpacks like the tuple `(shape, ack, ttls)`.
+    """
+
+    __slots__ = ()
+
+    @property
+    def shape(self) -> int:
+        """RSTs with ACK clear, counted up to 2 (bits 0-1); RST+ACKs, counted up to 2 (bits
+        2-3); `ACKS_DIFFER` (bit 4) when the RSTs with ACK clear carry different ack numbers."""
+        return self & 31
+
+    @property
+    def ack(self) -> int:
+        """The lowest ack number of the RSTs with ACK clear; 0 when there is none."""
+        return self >> 5 & 0xFFFFFFFF
+
+    @property
+    def ttls(self) -> int:
+        """Bit t set: some packet with RST set had TTL or hop limit t."""
+        return self >> 37
+
+    @property
+    def rsts(self) -> int:
+        """RSTs with ACK clear: 0, 1 or 2 (two or more)."""
+        return self & 3
+
+    @property
+    def rstacks(self) -> int:
+        """RST+ACKs: 0, 1 or 2 (two or more)."""
+        return self >> 2 & 3
+
+    def __iter__(self) -> Iterator[int]:
+        return iter((self & 31, self >> 5 & 0xFFFFFFFF, self >> 37))
 
 
-# NamedTuple's generated __new__ is a Python function; a reset is built directly.
-_new_reset = tuple.__new__
+ACKS_DIFFER = 16
+_new_resets = int.__new__
+
+
+def _resets(shape: int, ack: int, ttls: int) -> Resets:
+    return _new_resets(Resets, shape | ack << 5 | ttls << 37)
+
 
 # Flow.marks bits (one int instead of several slots: a flow is held by the hundred thousand).
 ESTABLISHED = 1  # some packet had ACK set and neither SYN nor RST
@@ -90,6 +132,36 @@ _CLOSES = tuple(bool(flags & (RST | FIN)) for flags in range(256))
 # Shared int objects, so that a flow holding common values costs a pointer, not a new int.
 _TTL_BITS = tuple(1 << ttl for ttl in range(256))
 _U16_INTS = tuple(range(65536))
+# The summary of a lone RST+ACK (the most common reset) by TTL, shared between flows.
+_ONE_RSTACK = tuple(_resets(4, 0, bit) for bit in _TTL_BITS)
+
+
+def _after_reset(resets: Optional[Resets], flags: int, ack: int, ttl: int) -> Resets:
+    """`resets` after one more packet with RST set. Every update commutes with every other:
+    counts saturate, the ack number kept is the lowest, and "differ" only ever gets set."""
+    if resets is None:
+        if flags & ACK:
+            return _ONE_RSTACK[ttl]
+        return _resets(1, ack, _TTL_BITS[ttl])
+    shape, low, ttls = resets & 31, resets >> 5 & 0xFFFFFFFF, resets >> 37
+    if flags & ACK:
+        if shape & 12 != 8:  # fewer than 2 RST+ACKs
+            shape += 4
+    else:
+        count = shape & 3
+        if count == 0:
+            low = ack
+        else:
+            if ack != low:
+                shape |= ACKS_DIFFER
+            if ack < low:
+                low = ack
+        if count < 2:
+            shape += 1
+    bit = _TTL_BITS[ttl]
+    if ttls & bit and shape == resets & 31 and low == resets >> 5 & 0xFFFFFFFF:
+        return resets  # nothing new: keep the object
+    return _resets(shape, low, ttls | bit)
 # SYN signatures seen, shared between flows and numbered for packed SYNs (below). Bounded: a
 # flood of random windows must not grow it; beyond it flows keep signatures of their own.
 _SIGNATURE_LIST: list[SynSignature] = []
@@ -176,7 +248,7 @@ class Flow:
     syn: Optional[SynSignature]
     marks: int
     ttls: int
-    resets: Optional[tuple[Reset, ...]]
+    resets: Optional[Resets]
 
     def __init__(self, packet: PacketFields) -> None:
         ts, key, flags, seq, ack, window, ttl, ip_id, df, _, options = packet
@@ -216,8 +288,7 @@ class Flow:
         elif ts < self.first_ts:
             self.first_ts = ts
         if _RESETS[flags]:
-            reset = _new_reset(Reset, (flags & ACK != 0, ack, ttl))
-            self.resets = (reset,) if self.resets is None else (*self.resets, reset)
+            self.resets = _after_reset(self.resets, flags, ack, ttl)
         else:
             bit = _TTL_BITS[ttl]
             ttls = self.ttls
@@ -245,6 +316,47 @@ class Flow:
         return bool(self.ttls & _TTL_BITS[ttl])
 
 
+class _CloseQueue:
+    """Closing flows in order of their close-linger deadline.
+
+    A deadline is the table's clock at the flow's first RST or FIN plus the linger: the clock
+    never goes back, so the queue stays in deadline order and only its front is ever due.
+    Deadlines are kept as raw doubles (8 bytes each, not a float object in a tuple), a
+    closing flow being held by the hundred thousand in a flood of resets.
+    """
+
+    __slots__ = ("_flows", "_head", "_times")
+
+    def __init__(self) -> None:
+        self._flows: deque[Flow] = deque()
+        self._times = array("d")
+        self._head = 0
+
+    def __len__(self) -> int:
+        return len(self._flows)
+
+    def push(self, deadline: float, flow: Flow) -> None:
+        self._flows.append(flow)
+        self._times.append(deadline)
+
+    def front(self) -> float:
+        """The first deadline; infinity when the queue is empty."""
+        return self._times[self._head] if self._flows else math.inf
+
+    def pop(self) -> Flow:
+        flow = self._flows.popleft()
+        self._head = head = self._head + 1
+        if head >= 4096 and head * 2 >= len(self._times):  # drop the consumed half at once
+            del self._times[:head]
+            self._head = 0
+        return flow
+
+    def clear(self) -> None:
+        self._flows.clear()
+        self._times = array("d")
+        self._head = 0
+
+
 def _as_flow(key: bytes, held: Union[Flow, int]) -> Flow:
     return unpack_syn(key, held) if isinstance(held, int) else held
 
@@ -269,6 +381,9 @@ class FlowTable:
 
     `add` feeds one packet; `sweep(now)` judges flows whose deadline has passed, doing at most
     `budget` flows of work per call; `drain(now)` ends everything (end of input or shutdown).
+    Sweeps only free memory: a flow past its deadline is judged, at the latest, when the
+    next packet arrives (of any flow, for the close linger; of its own, for the idle timeout),
+    with the verdict a sweep would have given it.
     """
 
     def __init__(
@@ -289,12 +404,13 @@ class FlowTable:
         self.idle_timeout = idle_timeout
         self.close_linger = close_linger
         self.max_flows = max_flows
+        self.clock = -math.inf
+        """The newest timestamp the table has been given: every deadline is held against it."""
         # Ordered by last activity: a flow is moved to the end on every packet, so the
         # least recently active flow is always first (idle sweeps and eviction read the front).
         self._flows: dict[bytes, Union[Flow, int]] = {}
         """A `Flow`, or an int from `pack_syn` while only the SYN has arrived."""
-        # (deadline, flow) for closing flows, in order of their first RST or FIN.
-        self._closing: deque[tuple[float, Flow]] = deque()
+        self._closing = _CloseQueue()
         # Keys of flows recently ended (not evicted: see `_evict`), so that their stragglers
         # are not taken for connections whose SYN was missed (no_syn). Bounded; oldest
         # forgotten first.
@@ -320,61 +436,81 @@ class FlowTable:
     def add_many(self, packets: Iterable[PacketFields], newest: float = -math.inf) -> float:
         """Feed packets in order, exactly as `add` would one by one.
 
-        Returns the newest of `newest` and the packets' timestamps (replay's clock), noted on
-        the way because a second pass over the packets would cost more.
+        `newest` moves the clock first (replay passes the time of packets it does not feed,
+        such as egress ones). Returns the clock after the packets (replay's clock).
         """
         # The per-packet hot path, a loop here rather than a call per packet. `Flow.absorb`
         # is inlined (the call would cost as much as the update): keep the two in step.
         flows = self._flows
-        for packet in packets:
-            ts, key, flags, seq, ack, _, ttl, _, _, _, _ = packet
-            if ts > newest:
-                newest = ts
-            flow = flows.pop(key, None)
-            if flow is None:
-                if _OPENS[flags]:
-                    self._start(packet)
-                else:
-                    self._stray(packet)
-                continue
-            if isinstance(flow, int):
-                flow = unpack_syn(key, flow)
-            marks = flow.marks
-            resets = flow.resets
-            if _OPENS[flags]:
-                if seq != flow.syn_seq:
-                    # Port reuse: a new connection on the same ports.
-                    superseded = resets is None and not marks & FIN_SEEN
-                    self._end(flow, Exclusion.SUPERSEDED if superseded else None)
-                    self._start(packet)
+        clock = self.clock if self.clock > newest else newest
+        idle = self.idle_timeout
+        closing = self._closing
+        next_close = closing.front()
+        try:
+            for packet in packets:
+                ts, key, flags, seq, ack, _, ttl, _, _, _, _ = packet
+                if ts > clock:
+                    clock = ts
+                if clock >= next_close:  # close lingers ended: judge before going on
+                    self.clock = clock
+                    self._close_due(clock)
+                    next_close = closing.front()
+                flow = flows.pop(key, None)
+                if flow is not None:
+                    if isinstance(flow, int):
+                        flow = unpack_syn(key, flow)
+                    if flow.last_ts <= clock - idle:
+                        # Idle past the timeout: judged as a sweep would have, before this
+                        # packet, which is then a straggler or starts a new flow.
+                        self._end(flow, None)
+                        flow = None
+                if flow is None:
+                    if _OPENS[flags]:
+                        self._start(packet, clock)
+                        next_close = closing.front()
+                    else:
+                        self._stray(packet)
                     continue
-                marks |= SYN_REPEATED
-            # Whether this packet starts the close linger: the flow's first RST or FIN.
-            starts_closing = _CLOSES[flags] and resets is None and not marks & FIN_SEEN
-            count = flow.packets + 1
-            flow.packets = count
-            if ts > flow.last_ts:
-                flow.last_ts = ts
-            elif ts < flow.first_ts:
-                flow.first_ts = ts
-            if _RESETS[flags]:
-                reset = _new_reset(Reset, (flags & ACK != 0, ack, ttl))
-                flow.resets = (reset,) if resets is None else (*resets, reset)
-            else:
-                bit = _TTL_BITS[ttl]
-                ttls = flow.ttls
-                if not ttls & bit:
-                    flow.ttls = ttls | bit if ttls else bit
-            flow.marks = _MARKS_AFTER[marks][flags]
-            if count >= MAX_PACKETS:
-                self._end(flow, None)
-                continue
-            # Re-insert (the most recently active last) under the flow's own key object: the
-            # packet's equal copy would cost a second bytes object per flow while it is held.
-            flows[flow.key] = flow
-            if starts_closing:
-                self._closing.append((ts + self.close_linger, flow))
-        return newest
+                marks = flow.marks
+                resets = flow.resets
+                if _OPENS[flags]:
+                    if seq != flow.syn_seq:
+                        # Port reuse: a new connection on the same ports.
+                        superseded = resets is None and not marks & FIN_SEEN
+                        self._end(flow, Exclusion.SUPERSEDED if superseded else None)
+                        self._start(packet, clock)
+                        next_close = closing.front()
+                        continue
+                    marks |= SYN_REPEATED
+                # Whether this packet starts the close linger: the flow's first RST or FIN.
+                starts_closing = _CLOSES[flags] and resets is None and not marks & FIN_SEEN
+                count = flow.packets + 1
+                flow.packets = count
+                if ts > flow.last_ts:
+                    flow.last_ts = ts
+                elif ts < flow.first_ts:
+                    flow.first_ts = ts
+                if _RESETS[flags]:
+                    flow.resets = _after_reset(resets, flags, ack, ttl)
+                else:
+                    bit = _TTL_BITS[ttl]
+                    ttls = flow.ttls
+                    if not ttls & bit:
+                        flow.ttls = ttls | bit if ttls else bit
+                flow.marks = _MARKS_AFTER[marks][flags]
+                if count >= MAX_PACKETS:
+                    self._end(flow, None)
+                    continue
+                # Re-insert (the most recently active last) under the flow's own key object:
+                # the packet's equal copy would cost a second bytes object per flow while held.
+                flows[flow.key] = flow
+                if starts_closing:
+                    closing.push(clock + self.close_linger, flow)
+                    if next_close == math.inf:
+                        next_close = closing.front()
+        finally:
+            self.clock = clock
+        return clock
 
     def sweep(self, now: float, budget: int = 1024) -> int:
         """Judge flows whose close linger or idle timeout has passed by `now`.
@@ -382,15 +518,10 @@ class FlowTable:
         Does at most `budget` flows of work, so a caller can interleave sweeps with reading.
         Returns how many flows it ended.
         """
-        done = 0
-        closing = self._closing
+        if now > self.clock:
+            self.clock = now
+        done = self._close_due(now, budget)
         flows = self._flows
-        while closing and done < budget and closing[0][0] <= now:
-            _, flow = closing.popleft()
-            if flows.get(flow.key) is flow:
-                del flows[flow.key]
-                self._end(flow, None)
-                done += 1
         if done < budget and flows:
             horizon = now - self.idle_timeout
             expired: list[tuple[bytes, Union[Flow, int]]] = []
@@ -417,10 +548,26 @@ class FlowTable:
             on_end(_as_flow(key, held), Exclusion.TRUNCATED)
         self._closing.clear()
 
-    def _start(self, packet: PacketFields) -> None:
+    def _close_due(self, now: float, budget: int = 1 << 62) -> int:
+        """Judge the closing flows whose linger has ended by `now`; how many were ended."""
+        done = 0
+        closing = self._closing
+        flows = self._flows
+        while done < budget and closing.front() <= now:
+            flow = closing.pop()
+            if flows.get(flow.key) is flow:  # else it ended already (10th packet, reuse)
+                del flows[flow.key]
+                self._end(flow, None)
+                done += 1
+        return done
+
+    def _start(self, packet: PacketFields, clock: float) -> None:
         flows = self._flows
         if len(flows) >= self.max_flows:
-            self._evict()
+            # Flows past a deadline first: judged, not evicted, whenever sweeps last ran.
+            self.sweep(clock, budget=1 << 62)
+            if len(flows) >= self.max_flows:
+                self._evict()
         key = packet[1]
         self._ended.pop(key, None)
         self.stats.started += 1
@@ -432,7 +579,7 @@ class FlowTable:
         flow = Flow(packet)
         flows[key] = flow
         if flow.closing:
-            self._closing.append((packet[0] + self.close_linger, flow))
+            self._closing.push(clock + self.close_linger, flow)
 
     def _evict(self) -> None:
         """Make room by ending the least recently active 1% of flows as evicted.

@@ -12,7 +12,8 @@ import struct
 import sys
 from typing import NamedTuple, Union
 
-from .docenum import DocEnum
+from .decode import TUNNEL_PROTOCOLS, tunnel
+from .invalid import Invalid as Invalid
 
 # TCP flag bits (RFC 9293 section 3.1).
 FIN = 0x01
@@ -40,24 +41,13 @@ _HAS_SYN = tuple(byte & SYN != 0 for byte in range(256))
 _IPV6 = struct.Struct("!HBB")  # payload length, next header, hop limit
 _TCP = struct.Struct("!4xIIHH")  # seq, ack, data offset/flags, window
 _U16 = struct.Struct("!H")
+_U32 = struct.Struct("!I")
 
 _IPPROTO_TCP = 6
 # IPv6 extension headers walked on the way to TCP (RFC 8200 section 4).
 _HOP_BY_HOP, _ROUTING, _FRAGMENT, _AUTH, _DEST_OPTS = 0, 43, 44, 51, 60
 _EXTENSIONS_8_OCTET = frozenset((_HOP_BY_HOP, _ROUTING, _DEST_OPTS, 135, 139, 140))
 _MAX_EXTENSIONS = 8
-
-
-class Invalid(DocEnum):
-    """Why a captured packet was not turned into a `Packet` (a label of
-    `resetwatch_packets_invalid_total`)."""
-
-    TRUNCATED = "truncated", "The bytes end before the link, IP or TCP header does."
-    NOT_IP = "not_ip", "Not an IP packet (another ethertype, or IP version neither 4 nor 6)."
-    NOT_TCP = "not_tcp", "The packet carries a protocol other than TCP."
-    FRAGMENT = "fragment", "A non-first IP fragment: it holds no TCP header."
-    BAD_HEADER = "bad_header", "A header length field is impossible (too small or too large)."
-    BAD_LINK = "bad_link", "The link-layer framing around the IP packet is damaged or unknown."
 
 
 class Packet(NamedTuple):
@@ -217,10 +207,12 @@ def parse_ip(buf: bytes, ts: float, offset: int = 0) -> ParseResult:
     return _new_packet(Packet, fields)
 
 
-def parse_fields(buf: bytes, ts: float, offset: int, end: int) -> FieldsResult:
+def parse_fields(buf: bytes, ts: float, offset: int, end: int, depth: int = 0) -> FieldsResult:
     """Parse the IP packet `buf[offset:end]` into a `Packet`'s fields as a plain tuple.
 
-    Takes the span rather than a copy of it: a capture reader parses in its read buffer.
+    Takes the span rather than a copy of it: a capture reader parses in its read buffer. A
+    tunnel (see `decode.tunnel`) is entered: the fields are the innermost TCP packet's.
+    `depth` is the number of encapsulations already stepped over to reach `offset`.
     """
     if end - offset < 1:
         return Invalid.TRUNCATED
@@ -248,11 +240,15 @@ def parse_fields(buf: bytes, ts: float, offset: int, end: int) -> FieldsResult:
             if _HAS_SYN[flags] and doff > 20:
                 options = options_fingerprint(buf, offset + 60, min(offset + 40 + doff, end))
             return (ts, key, flags, seq, ack, window, ttl, 0, False, payload_len, options)
-    return _parse_general(buf, ts, offset, end)
+    return _parse_general(buf, ts, offset, end, depth)
 
 
-def _parse_general(buf: bytes, ts: float, offset: int, size: int) -> FieldsResult:
-    """Every packet the fast paths above do not take, including every malformed one."""
+def _parse_general(buf: bytes, ts: float, offset: int, size: int, depth: int) -> FieldsResult:
+    """Every packet the fast paths above do not take, including every malformed one.
+
+    A total length of 0 (IPv4) or a payload length of 0 (IPv6) is what GSO/TSO and BIG TCP
+    packets carry: their length is then the captured one (see docs/decisions.md).
+    """
     first = buf[offset]
     version = first >> 4
     if version == 4:
@@ -263,13 +259,17 @@ def _parse_general(buf: bytes, ts: float, offset: int, size: int) -> FieldsResul
         if ihl < 20:
             return Invalid.BAD_HEADER
         if proto != _IPPROTO_TCP:
-            return Invalid.NOT_TCP
+            if proto not in TUNNEL_PROTOCOLS:
+                return Invalid.NOT_TCP
+            if frag & 0x1FFF:
+                return Invalid.FRAGMENT
+            return _inner(buf, ts, proto, offset + ihl, size, depth)
         if frag & 0x1FFF:
             return Invalid.FRAGMENT
         l4 = offset + ihl
         if size < l4 + 20:
             return Invalid.TRUNCATED
-        l4_len = total_len - ihl
+        l4_len = (total_len or size - offset) - ihl
         key = buf[offset + 12 : offset + 20] + buf[l4 : l4 + 4]
         df = bool(frag & 0x4000)
     elif version == 6:
@@ -277,9 +277,14 @@ def _parse_general(buf: bytes, ts: float, offset: int, size: int) -> FieldsResul
             return Invalid.TRUNCATED
         payload_len6, nxt, ttl = _IPV6.unpack_from(buf, offset + 4)
         l4 = offset + 40
+        if payload_len6 == 0 and nxt == _HOP_BY_HOP and size >= l4 + 8 and buf[l4 + 2] == 0xC2:
+            # A jumbogram (RFC 2675), as BIG TCP builds them: the length is in the option.
+            payload_len6 = _U32.unpack_from(buf, l4 + 4)[0]
         for _ in range(_MAX_EXTENSIONS):
             if nxt == _IPPROTO_TCP:
                 break
+            if nxt in TUNNEL_PROTOCOLS:
+                return _inner(buf, ts, nxt, l4, size, depth)
             if size < l4 + 8:
                 return Invalid.TRUNCATED
             if nxt in _EXTENSIONS_8_OCTET:
@@ -300,7 +305,7 @@ def _parse_general(buf: bytes, ts: float, offset: int, size: int) -> FieldsResul
             return Invalid.BAD_HEADER
         if size < l4 + 20:
             return Invalid.TRUNCATED
-        l4_len = payload_len6 - (l4 - offset - 40)
+        l4_len = (payload_len6 or size - offset - 40) - (l4 - offset - 40)
         key = buf[offset + 8 : offset + 40] + buf[l4 : l4 + 4]
         ip_id = 0
         df = False
@@ -317,6 +322,17 @@ def _parse_general(buf: bytes, ts: float, offset: int, size: int) -> FieldsResul
     if flags & SYN:
         options = options_fingerprint(buf, l4 + 20, min(l4 + doff, size))
     return (ts, key, flags, seq, ack, window, ttl, ip_id, df, payload_len, options)
+
+
+def _inner(buf: bytes, ts: float, protocol: int, l4: int, size: int, depth: int) -> FieldsResult:
+    """The packet inside a tunnel whose header starts at `l4` (see `decode.tunnel`)."""
+    span = tunnel(buf, protocol, l4, size, depth)
+    if isinstance(span, Invalid):
+        return span
+    start, stop, depth = span
+    if start >= stop:
+        return Invalid.TRUNCATED
+    return _parse_general(buf, ts, start, stop, depth)
 
 
 def flag_names(flags: int) -> str:

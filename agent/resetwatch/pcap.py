@@ -16,9 +16,12 @@ Bad input is handled at two levels:
 - a file that is not a capture, or whose framing is lost (cut short, impossible lengths),
   raises `CaptureError` after everything before the damage has been yielded.
 
-Supported link types: Ethernet (with stacked 802.1Q/802.1ad tags), raw IP, IPv4, IPv6,
-Linux cooked v1 and v2, and NFLOG. Errors from opening or reading the file (`OSError`)
-propagate unchanged.
+Supported link types: `LINK_TYPES`. Every link type other than the inline ones is decoded
+by its entry in one table (`decode.LINK_DECODERS`, plus NFLOG here), and so is every
+encapsulation (VLAN tags, MPLS, PPPoE, 802.1ah, and tunnels, which `parse_fields` enters).
+A pcapng interface of another link type is counted (`Invalid.UNSUPPORTED_LINK`) rather than
+refused, unless no interface of the file is supported. Errors from opening or reading the
+file (`OSError`) propagate unchanged.
 """
 
 from __future__ import annotations
@@ -27,11 +30,12 @@ import os
 import struct
 import sys
 from collections.abc import Iterator
-from typing import Any, BinaryIO, Callable, Optional, Union
+from typing import Any, BinaryIO, Callable, Optional
 
+from .decode import LINK_DECODERS, LINK_NAMES, Decoder, Span
 from .packet import FieldsResult, Invalid, Packet, ParseResult, parse_fields
 
-__all__ = ["LINKTYPES", "CaptureError", "ip_offset", "read_batches", "read_packets"]
+__all__ = ["LINKTYPES", "LINK_TYPES", "CaptureError", "ip_offset", "read_batches", "read_packets"]
 
 # Link-layer header types (https://www.tcpdump.org/linktypes.html).
 LINKTYPE_ETHERNET = 1
@@ -44,25 +48,13 @@ LINKTYPE_IPV6 = 229
 LINKTYPE_NFLOG = 239
 LINKTYPE_LINUX_SLL2 = 276
 
-LINKTYPES = frozenset(
-    (
-        LINKTYPE_ETHERNET,
-        LINKTYPE_RAW,
-        DLT_RAW_12,
-        DLT_RAW_14,
-        LINKTYPE_LINUX_SLL,
-        LINKTYPE_IPV4,
-        LINKTYPE_IPV6,
-        LINKTYPE_NFLOG,
-        LINKTYPE_LINUX_SLL2,
-    )
-)
-"""The link types `read_packets` decodes; a capture with any other raises `CaptureError`."""
+LINK_TYPES: dict[int, str] = dict(sorted({**LINK_NAMES, LINKTYPE_NFLOG: "NFLOG"}.items()))
+"""The link types `read_packets` decodes, with their names; a pcap file of any other raises
+`CaptureError` (the README and `replay --help` list these)."""
+LINKTYPES = frozenset(LINK_TYPES)
 
 _RAW_IP = frozenset((LINKTYPE_RAW, DLT_RAW_12, DLT_RAW_14, LINKTYPE_IPV4, LINKTYPE_IPV6))
 _IP_ETHERTYPES = frozenset((0x0800, 0x86DD))  # IPv4, IPv6
-# 802.1Q, 802.1ad, and the pre-standard QinQ outer tag some switches still send.
-_VLAN_TPIDS = frozenset((0x8100, 0x88A8, 0x9100))
 _NFULA_PAYLOAD = 9
 
 # NamedTuple's generated __new__ is a Python function; `read_packets` builds the tuple directly.
@@ -76,7 +68,7 @@ _MAX_RECORD = 1 << 24
 _MAX_LAYOUTS = 64
 
 # How the read loops decode a link type: inline fast paths for the common ones.
-_MODE_NFLOG, _MODE_ETHERNET, _MODE_RAW, _MODE_OTHER = range(4)
+_MODE_NFLOG, _MODE_ETHERNET, _MODE_RAW, _MODE_OTHER, _MODE_UNSUPPORTED = range(5)
 
 _PCAP_MAGICS = {
     # first four bytes: (byte order, fraction-of-second units)
@@ -92,12 +84,17 @@ _PCAPNG_EPB = 6
 _PCAPNG_ORDERS = {b"\x4d\x3c\x2b\x1a": "<", b"\x1a\x2b\x3c\x4d": ">"}
 _IF_TSRESOL = 9
 _IF_TSOFFSET = 14
+_MAX_SECONDS = 1 << 33
+"""Timestamps (and if_tsoffset) beyond this many seconds from the epoch (the year 2242) are
+a damaged clock, not a capture: refused, because they would make every deadline pass."""
+_MAX_UNITS = 10**15
+"""The finest pcapng timestamp resolution accepted: with finer units a 64-bit timestamp cannot
+reach past 1970 by more than hours, so every packet would fall at nearly the same time."""
 
-_Span = Union[tuple[int, int], Invalid]
 _Unpack = Callable[[Any, int], tuple[Any, ...]]
-_Interface = tuple[int, int, int, int, int]
+_Interface = tuple[int, int, int, int, int, Decoder, int]
 """(link type, captured-length limit, timestamp units per second, timestamp offset in
-seconds, decoding mode) of a pcapng interface."""
+seconds, decoding mode, decoder, largest valid upper timestamp word) of a pcapng interface."""
 
 
 class CaptureError(Exception):
@@ -148,7 +145,17 @@ class _Nflog:
         self.framed_size = sys.maxsize
         """Bytes `framed` reads from the start of a pcap record header."""
 
-    def find(self, buf: bytes, start: int, stop: int) -> _Span:
+    def span(self, buf: bytes, start: int, stop: int) -> Span:
+        """The IP packet's span in the record `buf[start:stop]` (a `Decoder`)."""
+        if stop - start >= self.need and self.sig(buf, start) == self.expect:
+            i = start + self.k
+            end = i + self.u16(buf, i)[0]
+            if end < i + 4:
+                return Invalid.BAD_LINK
+            return i + 4, end if end < stop else stop, 0
+        return self.find(buf, start, stop)
+
+    def find(self, buf: bytes, start: int, stop: int) -> Span:
         """The IP packet's span in the record `buf[start:stop]`, by walking its TLVs."""
         i = start + 4  # nfgenmsg: family, version, resource id
         if i > stop:
@@ -161,7 +168,7 @@ class _Nflog:
             if ttype == _NFULA_PAYLOAD:
                 self._learn(tuple(heads), i - start)
                 end = i + tlen
-                return i + 4, end if end < stop else stop
+                return i + 4, end if end < stop else stop, 0
             heads += (tlen, ttype)
             i += (tlen + 3) & ~3
         return Invalid.BAD_LINK
@@ -189,48 +196,28 @@ class _Nflog:
         self.framed_size = 16 + k + 4
 
 
-def _span(linktype: int, buf: bytes, start: int, stop: int, nflog: _Nflog) -> _Span:
-    """The span of the IP packet inside the frame `buf[start:stop]`, or why there is none."""
+def _decoder(linktype: int, order: str, nflog: _Nflog) -> Decoder:
+    """The table's decoder for `linktype` in a file (or section) of byte order `order`."""
     if linktype == LINKTYPE_NFLOG:
-        if stop - start >= nflog.need and nflog.sig(buf, start) == nflog.expect:
-            i = start + nflog.k
-            end = i + nflog.u16(buf, i)[0]
-            if end < i + 4:
-                return Invalid.BAD_LINK
-            return i + 4, end if end < stop else stop
-        return nflog.find(buf, start, stop)
-    if linktype in _RAW_IP:
-        return start, stop
-    if linktype == LINKTYPE_ETHERNET:
-        proto, ip = start + 12, start + 14
-    elif linktype == LINKTYPE_LINUX_SLL:
-        proto, ip = start + 14, start + 16
-    elif linktype == LINKTYPE_LINUX_SLL2:
-        proto, ip = start, start + 20
-    else:
-        return Invalid.BAD_LINK
-    if ip > stop:
-        return Invalid.TRUNCATED
-    ethertype = buf[proto] << 8 | buf[proto + 1]
-    while ethertype in _VLAN_TPIDS:  # a tag: 2 bytes of TCI, then the next ethertype
-        if ip + 4 > stop:
-            return Invalid.TRUNCATED
-        ethertype = buf[ip + 2] << 8 | buf[ip + 3]
-        ip += 4
-    if ethertype in _IP_ETHERTYPES:
-        return ip, stop
-    return Invalid.NOT_IP
+        return nflog.span
+    make = LINK_DECODERS.get(linktype)
+    return _unknown_link if make is None else make(order)
+
+
+def _unknown_link(buf: bytes, start: int, stop: int) -> Span:
+    return Invalid.BAD_LINK
 
 
 def ip_offset(linktype: int, data: bytes, big_endian: bool = False) -> int | Invalid:
-    """Where the IP packet starts in the frame `data` of link type `linktype`.
+    """Where the (outermost) IP packet starts in the frame `data` of link type `linktype`.
 
     `Invalid.NOT_IP` for frames carrying something else (ARP, LLC, ...), `TRUNCATED` when
     the link header is cut off, `BAD_LINK` for damaged NFLOG TLVs or an unknown link type.
-    NFLOG TLV headers are in the byte order of the host that captured them, which is the
-    capture file's byte order: `big_endian` selects it.
+    NFLOG TLV headers (and NULL's family field) are in the byte order of the host that
+    captured them, which is the capture file's byte order: `big_endian` selects it.
     """
-    span = _span(linktype, data, 0, len(data), _Nflog(">" if big_endian else "<"))
+    order = ">" if big_endian else "<"
+    span = _decoder(linktype, order, _Nflog(order))(data, 0, len(data))
     return span if isinstance(span, Invalid) else span[0]
 
 
@@ -244,12 +231,9 @@ def _mode(linktype: int) -> int:
     return _MODE_OTHER
 
 
-def _check_linktype(name: str, linktype: int) -> None:
-    if linktype not in LINKTYPES:
-        supported = ", ".join(str(t) for t in sorted(LINKTYPES))
-        raise CaptureError(
-            f"{name}: link type {linktype} is not supported (supported: {supported})"
-        )
+def _unsupported(name: str, linktype: int) -> str:
+    supported = ", ".join(str(t) for t in LINK_TYPES)
+    return f"{name}: link type {linktype} is not supported (supported: {supported})"
 
 
 def _more(f: BinaryIO, buf: bytes, pos: int, need: int) -> bytes:
@@ -349,17 +333,19 @@ def _read_pcap(
     # The upper 16 bits may hold FCS information (pcap spec, "LinkType and additional
     # information"); any FCS ends up after the IP packet, where it is never read.
     linktype &= 0xFFFF
-    _check_linktype(name, linktype)
+    if linktype not in LINK_TYPES:
+        raise CaptureError(_unsupported(name, linktype))
     limit = snaplen if 0 < snaplen <= _MAX_RECORD else _MAX_RECORD
     mode = _mode(linktype)
     record = struct.Struct(order + "III4x").unpack_from  # seconds, fraction, captured length
     nflog = _Nflog(order)
+    decode = _decoder(linktype, order, nflog)
     nf_sig, nf_expect, nf_k, nf_need = nflog.sig, nflog.expect, nflog.k, nflog.need
     nf_framed, nf_heads, nf_framed_size = nflog.framed, nflog.heads, nflog.framed_size
     nf_u16 = nflog.u16
     ip_ethertypes = _IP_ETHERTYPES
     parse = parse_fields
-    span: _Span
+    span: Span
     out: list[FieldsResult] = []  # one per record since the last batch was yielded
     add = out.append
     second = second_units = -1  # the last record's seconds, and those in fraction units
@@ -423,13 +409,13 @@ def _read_pcap(
                         if ethertype in ip_ethertypes:
                             add(parse(buf, ts, start + 14, stop))
                             continue
-                    span = _span(linktype, buf, start, stop, nflog)
+                    span = decode(buf, start, stop)
                 elif mode == _MODE_RAW:
                     add(parse(buf, ts, start, stop))
                     continue
                 else:
-                    span = _span(linktype, buf, start, stop, nflog)
-                add(span if isinstance(span, Invalid) else parse(buf, ts, span[0], span[1]))
+                    span = decode(buf, start, stop)
+                add(span if isinstance(span, Invalid) else parse(buf, ts, *span))
 
             # Out of whole records: the next one is damaged, or runs past the buffer.
             need = 16
@@ -485,7 +471,8 @@ def _read_pcapng(
     ip_ethertypes = _IP_ETHERTYPES
     parse = parse_fields
     interfaces: list[_Interface] = []
-    span: _Span
+    supported = [False]  # whether any interface of the file so far has a supported link type
+    span: Span
     last_ts = 0.0
     out: list[FieldsResult] = []  # one per packet block since the last batch was yielded
     add = out.append
@@ -505,13 +492,15 @@ def _read_pcapng(
                 stop = start + caplen
                 pos = bend
                 try:
-                    linktype, limit, units, offset, mode = interfaces[iface]
+                    _linktype, limit, units, offset, mode, decode, high = interfaces[iface]
                 except IndexError:  # no such interface in this section
                     add(Invalid.BAD_LINK)
                     continue
                 if caplen > limit or stop > bend - 4:
                     add(Invalid.BAD_LINK)
                     continue
+                if ts_high > high:
+                    raise CaptureError(_bad_clock(name, base + pos - blen))
                 ts = (ts_high << 32 | ts_low) / units
                 if offset:  # if_tsoffset, rare: spare the common case the addition
                     ts += offset
@@ -536,13 +525,13 @@ def _read_pcapng(
                         if ethertype in ip_ethertypes:
                             add(parse(buf, ts, start + 14, stop))
                             continue
-                    span = _span(linktype, buf, start, stop, nflog)
+                    span = decode(buf, start, stop)
                 elif mode == _MODE_RAW:
                     add(parse(buf, ts, start, stop))
                     continue
                 else:
-                    span = _span(linktype, buf, start, stop, nflog)
-                add(span if isinstance(span, Invalid) else parse(buf, ts, span[0], span[1]))
+                    span = decode(buf, start, stop)
+                add(span if isinstance(span, Invalid) else parse(buf, ts, *span))
 
             # Any other block, or one running past the buffer.
             need = 12
@@ -624,21 +613,27 @@ def _read_pcapng(
                             raise CaptureError(
                                 f"{name}: interface description too short at byte {base + pos}"
                             )
-                        interfaces.append(_interface(name, order, buf, pos, bend))
+                        interface = _interface(name, order, buf, pos, bend, nflog)
+                        if interface[4] != _MODE_UNSUPPORTED:
+                            supported[0] = True
+                        elif not supported[0]:
+                            refuse = _refuser(_unsupported(name, interface[0]), supported)
+                            interface = (*interface[:5], refuse, interface[6])
+                        interfaces.append(interface)
                     elif btype == _PCAPNG_SPB:
                         if blen < 16 or not interfaces:
                             add(Invalid.BAD_LINK)
                         else:
-                            linktype, limit, _units, _offset, _mode = interfaces[0]
+                            limit, decode = interfaces[0][1], interfaces[0][5]
                             wire_len = block(buf, pos + 4)[1]
                             # Its captured length: the wire length, cut to the block and the
                             # snap length.
                             stop = pos + 12 + min(wire_len, blen - 16, limit)
-                            span = _span(linktype, buf, pos + 12, stop, nflog)
+                            span = decode(buf, pos + 12, stop)
                             add(
                                 span
                                 if isinstance(span, Invalid)
-                                else parse(buf, last_ts, span[0], span[1])
+                                else parse(buf, last_ts, *span)
                             )
                     elif btype == _PCAPNG_EPB:  # damaged: too short, or unaligned
                         add(Invalid.BAD_LINK)
@@ -668,10 +663,11 @@ def _read_pcapng(
         raise
 
 
-def _interface(name: str, order: str, buf: bytes, pos: int, bend: int) -> _Interface:
+def _interface(
+    name: str, order: str, buf: bytes, pos: int, bend: int, nflog: _Nflog
+) -> _Interface:
     """The interface that the Interface Description Block `buf[pos:bend]` describes."""
     linktype, snaplen = struct.unpack_from(order + "H2xI", buf, pos + 8)
-    _check_linktype(name, linktype)
     units = 1_000_000  # the default resolution: microseconds
     offset = 0
     option = struct.Struct(order + "HH").unpack_from
@@ -685,8 +681,48 @@ def _interface(name: str, order: str, buf: bytes, pos: int, bend: int) -> _Inter
         if code == _IF_TSRESOL and size >= 1:
             resol = buf[value]
             units = 1 << (resol & 0x7F) if resol & 0x80 else 10 ** (resol & 0x7F)
+            if units > _MAX_UNITS:
+                raise CaptureError(
+                    f"{name}: if_tsresol {resol} in the interface description at byte {pos}: "
+                    "finer than 10^-15 s, the clock cannot be read, refused"
+                )
         elif code == _IF_TSOFFSET and size >= 8:
             offset = struct.unpack_from(order + "q", buf, value)[0]
+            if abs(offset) > _MAX_SECONDS:
+                raise CaptureError(
+                    f"{name}: if_tsoffset {offset} s in the interface description at byte "
+                    f"{pos}: beyond the year 2242, refused"
+                )
         i = value + ((size + 3) & ~3)
     limit = snaplen if 0 < snaplen <= _MAX_RECORD else _MAX_RECORD
-    return linktype, limit, units, offset, _mode(linktype)
+    high = (_MAX_SECONDS * units) >> 32
+    if linktype not in LINK_TYPES:
+        return linktype, limit, units, offset, _MODE_UNSUPPORTED, _unsupported_link, high
+    mode = _mode(linktype)
+    return linktype, limit, units, offset, mode, _decoder(linktype, order, nflog), high
+
+
+def _unsupported_link(buf: bytes, start: int, stop: int) -> Span:
+    return Invalid.UNSUPPORTED_LINK
+
+
+def _refuser(message: str, supported: list[bool]) -> Decoder:
+    """The decoder of an unsupported interface described before any supported one: its
+    packets refuse the file (one of a single unsupported link type), unless by then some
+    interface is supported, when they are counted as the others are."""
+
+    def decode(buf: bytes, start: int, stop: int) -> Span:
+        if supported[0]:
+            return Invalid.UNSUPPORTED_LINK
+        raise CaptureError(message)
+
+    return decode
+
+
+def _bad_clock(name: str, at: int) -> str:
+    # The usual cause: microseconds written under if_tsresol 0 (whole seconds), which would
+    # stretch the capture a millionfold and make every flow a timeout.
+    return (
+        f"{name}: packet timestamp beyond the year 2242 in the block at byte {at} (a damaged "
+        "clock, or if_tsresol not the writer's units): refused"
+    )

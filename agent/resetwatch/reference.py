@@ -46,6 +46,12 @@ def settings_table() -> str:
     return "\n".join(["| key | flag | default | meaning |", "|---|---|---|---|", *rows])
 
 
+def link_types() -> str:
+    from .decode import supported
+
+    return supported()
+
+
 def record_table() -> str:
     from .records import FIELDS
 
@@ -91,6 +97,7 @@ BLOCKS = {
     "invalid": lambda: _enum_table(Invalid, "reason"),
     "settings": settings_table,
     "records": record_table,
+    "linktypes": link_types,
     "metrics": metrics_table,
     "sizing": sizing_table,
 }

@@ -8,12 +8,13 @@ from collections.abc import Iterable, Sequence
 from typing import Callable, Optional, Union
 
 from .engine import Engine
-from .packet import Invalid
+from .packet import Invalid, PacketFields
 from .pcap import CaptureError, read_batches
 
 SWEEP_EVERY = 4096
 """Packets between two sweeps: often enough to keep the table small, rarely enough that the
-sweep's scan for the front of the table costs nothing per packet."""
+sweep's scan for the front of the table costs nothing per packet. Sweeps only free memory:
+the table holds every deadline at every packet, so no verdict depends on this number."""
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
@@ -74,15 +75,31 @@ def replay(
 ) -> ReplayStats:
     """Feed every packet of the files, in order, as one stream; then drain the table.
 
-    The clock is the newest packet timestamp seen. A file that cannot be read to its end
-    (not a capture, cut short) adds a line to `errors`; what came before the damage counts,
-    and the other files are still read.
+    The clock is the newest packet timestamp seen, egress packets' included: each moves it
+    where it lies in the stream. A file that cannot be read to its end (not a capture, cut
+    short) adds a line to `errors`; what came before the damage counts, and the other files
+    are still read.
     """
     stats = ReplayStats()
     clock = float("-inf")
     countdown = SWEEP_EVERY  # packets to feed until the next sweep
     feed_many = engine.feed_many
     count_invalid = engine.count_invalid
+
+    def feed(packets: list[PacketFields]) -> None:
+        # In runs that end where a sweep is due: as if fed packet by packet.
+        nonlocal clock, countdown
+        start, end = 0, len(packets)
+        while start < end:
+            stop = min(end, start + countdown)
+            run = packets if stop - start == end else packets[start:stop]
+            clock = feed_many(run, clock)
+            countdown -= stop - start
+            start = stop
+            if not countdown:
+                countdown = SWEEP_EVERY
+                engine.sweep(clock, budget=1 << 30)
+
     try:
         for path in paths:
             stats.files += 1
@@ -96,21 +113,22 @@ def replay(
                             if isinstance(item, Invalid):
                                 count_invalid(item)
                                 invalid += 1
-                    if is_ingress is not None:
-                        ingress = [p for p in packets if is_ingress(p[1])]
-                        egress += len(packets) - len(ingress)
-                        packets = ingress
-                    # In runs that end where a sweep is due: as if fed packet by packet.
-                    start, end = 0, len(packets)
-                    while start < end:
-                        stop = min(end, start + countdown)
-                        run = packets if stop - start == end else packets[start:stop]
-                        clock = feed_many(run, clock)
-                        countdown -= stop - start
-                        start = stop
-                        if not countdown:
-                            countdown = SWEEP_EVERY
-                            engine.sweep(clock, budget=1 << 30)
+                    if is_ingress is None:
+                        feed(packets)
+                        continue
+                    # Egress packets are not fed, but move the clock where they lie.
+                    run: list[PacketFields] = []
+                    for p in packets:
+                        if is_ingress(p[1]):
+                            run.append(p)
+                            continue
+                        egress += 1
+                        if p[0] > clock:
+                            if run:
+                                feed(run)
+                                run = []
+                            clock = max(clock, p[0])
+                    feed(run)
             except CaptureError as error:
                 stats.errors.append(str(error))
             except OSError as error:

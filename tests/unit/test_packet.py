@@ -195,12 +195,37 @@ def test_every_invalid_reason_is_documented() -> None:
         assert reason.doc.endswith(".")
 
 
-def test_fuzzed_bytes_never_raise() -> None:
+def _tunnelled(inner: bytes) -> list[bytes]:
+    """`inner` in each tunnel `parse_ip` enters (and one nested in another)."""
+    from scapy.contrib.gtp import GTP_U_Header
+    from scapy.layers.inet import UDP
+    from scapy.layers.l2 import GRE, Ether
+    from scapy.layers.vxlan import VXLAN
+
+    eth = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02", type=0x0800)) + inner
+    gre = bytes(IP(proto=47) / GRE(proto=0x0800, key_present=1, seqnum_present=1)) + inner
+    return [
+        bytes(IP(proto=4)) + inner,
+        bytes(IPv6(nh=4)) + inner,
+        gre,
+        bytes(IP(proto=47) / GRE(proto=0x22EB, seqnum_present=1)) + bytes(12) + eth,
+        bytes(IP() / UDP(dport=4789) / VXLAN(vni=1)) + eth,
+        bytes(IP() / UDP(dport=6081)) + bytes.fromhex("0100655800000100") + bytes(4) + eth,
+        bytes(IP() / UDP(dport=2152) / GTP_U_Header(gtp_type=255, E=1, next_ex=0x85))
+        + bytes.fromhex("01000000") + inner,
+        bytes(IPv6(nh=41)) + gre,
+    ]
+
+
+@pytest.mark.parametrize("kind", ["plain", "tunnelled"])
+def test_fuzzed_bytes_never_raise(kind: str) -> None:
     import random
 
     rnd = random.Random(7)
-    base = bytes(IP() / TCP(flags="S", options=WINDOWS_OPTS))
+    plain = bytes(IP() / TCP(flags="S", options=WINDOWS_OPTS))
+    bases = [plain] if kind == "plain" else _tunnelled(plain)
     for _ in range(5000):
+        base = rnd.choice(bases)
         data = bytearray(base[: rnd.randrange(len(base) + 1)])
         for _ in range(rnd.randrange(4)):
             if data:
