@@ -333,7 +333,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
 
 
-RULE_KEYS = ("probability", "label", "nflog_group", "backend", "dports", "interfaces")
+RULE_KEYS = (
+    "probability", "label", "nflog_group", "backend", "sampler", "dports", "interfaces",
+)  # fmt: skip
 
 
 def _add_rules(sub: Any) -> None:
@@ -357,6 +359,7 @@ def _add_rules(sub: Any) -> None:
 def cmd_rules(args: argparse.Namespace) -> int:
     from .daemon import rule_spec
     from .rules import RulesError, backend_for
+    from .rules.tracking import untracked_hint
 
     config = _config_from(args, RULE_KEYS)
     try:
@@ -366,8 +369,11 @@ def cmd_rules(args: argparse.Namespace) -> int:
             if args.dry_run:
                 sys.stdout.write(backend.render(spec))
                 return 0
+            hint = untracked_hint(spec.sampler)
             backend.install(spec)
             print(f"resetwatch rules: installed ({backend.name})")
+            if hint:
+                print(f"resetwatch rules: {hint}", file=sys.stderr)
         elif args.action == "remove":
             backend.remove()
             print(f"resetwatch rules: removed ({backend.name})")

@@ -21,7 +21,7 @@ else:  # pragma: no cover - exercised on RHEL 9's Python 3.9
     import tomli as tomllib
 
 from .rules import BACKENDS
-from .rules.spec import IFNAME, MIN_PROBABILITY
+from .rules.spec import IFNAME, MIN_PROBABILITY, SAMPLERS
 
 DEFAULT_CONFIG = Path("/etc/resetwatch/resetwatch.toml")
 DEFAULT_PORT = 9824
@@ -132,6 +132,9 @@ SETTINGS: tuple[Setting, ...] = (
             _integer(0, 127), "BIT"),
     Setting("backend", "auto", "how the rules are programmed: " + ", ".join(BACKENDS),
             _choice(*BACKENDS), "NAME"),
+    Setting("sampler", "conntrack", "how connections are sampled: conntrack (a label, the "
+            "published rules) or stateless (a keyed hash, no conntrack; nft backend only)",
+            _choice(*SAMPLERS), "NAME"),
     Setting("dports", (), "sample only connections to these local ports (empty: all)",
             _ports, "PORT"),
     Setting("interfaces", (), "sample only connections arriving on these interfaces (empty: all)",
@@ -170,6 +173,7 @@ class Config:
     nflog_group: int = 10
     label: int = 7
     backend: str = "auto"
+    sampler: str = "conntrack"
     dports: tuple[int, ...] = ()
     interfaces: tuple[str, ...] = ()
     idle_timeout: float = 300.0

@@ -32,6 +32,7 @@ from .packet import FieldsResult, Invalid
 from .records import RecordWriter
 from .rules import RulesBackend, RulesError, RuleSpec, backend_for
 from .rules.spec import MAX_HEADER_COPY
+from .rules.tracking import untracked_hint
 from .server import HttpServer
 
 log = logging.getLogger("resetwatch")
@@ -83,6 +84,7 @@ def rule_spec(config: Config) -> RuleSpec:
         nflog_group=config.nflog_group,
         dports=config.dports,
         in_interfaces=config.interfaces,
+        sampler=config.sampler,
     )
 
 
@@ -127,6 +129,8 @@ class Agent:
         self.health.flows_active = lambda: len(self.engine.table)
         self.health.last_packet_age = lambda: max(0.0, self.clock() - self._last_packet)
         self.backend: Optional[RulesBackend] = None
+        self._set_full_before = 0
+        self._set_full_seen = 0
         self.source: Optional[PacketSource] = None
         self.http: Optional[HttpServer] = None
         self._stop = False
@@ -196,7 +200,10 @@ class Agent:
         if not config.no_rules:
             try:
                 self.backend = self._backend_for(config.backend)
+                hint = untracked_hint(config.sampler)
                 self.backend.install(rule_spec(config))
+                if hint:
+                    log.warning("%s", hint)
             except (RulesError, ValueError) as error:
                 raise StartError(f"rules: {error}") from None
             self.health.rules_present = True
@@ -304,17 +311,30 @@ class Agent:
         spec = rule_spec(self.config)
         try:
             differences = backend.check(spec)
+            self._count_set_full(backend)
             if not differences:
                 self.health.rules_present = True
                 return
             log.warning("rules changed or missing (%s): putting them back", differences[0])
             self.health.rules_present = False
+            self._set_full_before += self._set_full_seen
+            self._set_full_seen = 0
             backend.install(spec)
             self.health.rules_repairs += 1
             self.health.rules_present = not backend.check(spec)
         except RulesError as error:
             self.health.rules_present = False
             log.error("rules check failed: %s", error)
+
+    def _count_set_full(self, backend: RulesBackend) -> None:
+        """The kernel's set-full counter starts at 0 with each install; the metric adds up
+        what earlier installs of this run counted."""
+        if self.config.sampler != "stateless":
+            return
+        count = backend.set_full()
+        if count is not None:
+            self._set_full_seen = count
+        self.health.sampler_set_full = self._set_full_before + self._set_full_seen
 
     def reload(self) -> None:
         """SIGHUP: read the config again and apply it, rules first. Keep the running config,
@@ -362,6 +382,8 @@ class Agent:
                 current.remove()
             self.backend = None
             return
+        self._set_full_before += self._set_full_seen  # an install restarts the kernel's count
+        self._set_full_seen = 0
         if current is not None and new.backend == old.backend:
             current.install(rule_spec(new))
         else:

@@ -93,6 +93,7 @@ class AgentHealth:
     rules_present: bool = False
     rules_managed: bool = True
     rules_repairs: int = 0
+    sampler_set_full: int = 0
     reloads: int = 0
     last_packet_age: Callable[[], float] = lambda: 0.0
     history_save_errors: Callable[[], int] = lambda: 0
@@ -229,6 +230,12 @@ class AgentCollector(Collector):
             "resetwatch_rules_repairs",
             "Times the rules were found missing or changed and were put back.",
             value=health.rules_repairs,
+        )
+        yield CounterMetricFamily(
+            "resetwatch_sampler_set_full",
+            "Sampled SYNs the stateless sampler dropped because its set of sampled connections "
+            "was full (always 0 with the conntrack sampler).",
+            value=health.sampler_set_full,
         )
         yield CounterMetricFamily(
             "resetwatch_config_reloads", "Successful configuration reloads (SIGHUP).",

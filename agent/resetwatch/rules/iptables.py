@@ -27,7 +27,7 @@ import shutil
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .base import LOCK_WAIT, RulesBackend, Runner, connlabel_bits, run_local
+from .base import LOCK_WAIT, RulesBackend, RulesError, Runner, connlabel_bits, run_local
 from .spec import CHAIN, HEADER_COPY, ID_JUMP, ID_LOG, ID_LOG_SYN, ID_SAMPLE, LOG_PREFIX, RuleSpec
 
 TABLE = "mangle"
