@@ -21,17 +21,12 @@ import subprocess
 from typing import Callable
 
 import pytest
-
-from resetwatch.rules import NftBackend, RulesError, RuleSpec, backend_for, netns_runner
-from resetwatch.rules.spec import ID_LOG, ID_SAMPLE
-from resetwatch.rules.stateless import ID_FULL
-from tests.integration.test_rules import (  # noqa: F401  (make_netns, netns: fixtures)
+from tests.integration import test_rules
+from tests.integration.test_rules import (
     ADDRESSES,
     PORT,
     add_foreign_rules,
     connect,
-    make_netns,
-    netns,
     packet_counters,
     require,
     ruleset,
@@ -39,7 +34,13 @@ from tests.integration.test_rules import (  # noqa: F401  (make_netns, netns: fi
     veth_pair,
 )
 
+from resetwatch.rules import NftBackend, RulesError, RuleSpec, backend_for, netns_runner
+from resetwatch.rules.spec import ID_LOG, ID_SAMPLE
+from resetwatch.rules.stateless import ID_FULL
+
 pytestmark = pytest.mark.root
+make_netns = test_rules.make_netns  # the fixtures, shared
+netns = test_rules.netns
 
 STATELESS = RuleSpec(sampler="stateless")
 FLOOD_S = 3
