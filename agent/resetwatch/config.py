@@ -236,6 +236,11 @@ def load(path: Optional[Path], overrides: Mapping[str, Any] = {}) -> Config:
             f"{source}: close_linger = {config.close_linger:g} is not allowed: must be less "
             f"than idle_timeout ({config.idle_timeout:g})"
         )
+    if config.sampler == "stateless" and config.backend.startswith("iptables"):
+        raise ConfigError(
+            f"{source}: sampler = 'stateless' needs the nft backend: use --backend nft "
+            "(iptables samples only with conntrack)"
+        )
     if config.keep_rules and config.no_rules:
         raise ConfigError(f"{source}: keep_rules and no_rules cannot both be true")
     return config
