@@ -15,6 +15,7 @@ creates (deleted at teardown, also on failure), and all traffic stays on their v
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -25,6 +26,7 @@ from tests.integration import test_rules
 from tests.integration.test_rules import (
     ADDRESSES,
     PORT,
+    SPECS,
     add_foreign_rules,
     connect,
     packet_counters,
@@ -85,6 +87,15 @@ def test_no_conntrack_expression_is_rendered() -> None:
 def test_iptables_refuses_the_stateless_sampler() -> None:
     with pytest.raises(RulesError, match="--backend nft"):
         backend_for("iptables").render(STATELESS)
+
+
+@pytest.mark.parametrize("spec_name", list(SPECS))
+def test_every_spec_installs_and_checks_clean(spec_name: str, netns: str) -> None:
+    spec = dataclasses.replace(SPECS[spec_name], sampler="stateless")
+    backend = nft_backend(netns)
+    backend.install(spec)
+    assert backend.check(spec) == []
+    assert backend.set_full() == 0
 
 
 def test_install_check_repair_remove(netns: str) -> None:

@@ -18,6 +18,10 @@ Why this shape:
 - Each rule carries a `counter` (so `show` answers "is anything being sampled?") and an id
   comment.
 
+- With `sampler = "stateless"` the table holds the rules of `stateless` instead (two sets, a
+  keyed hash, no `ct` expression); its hash seed is state, like a counter: `check` compares
+  the rest, and that all rules share one seed (this backend's own, once it has installed).
+
 `check` reads `nft -j list table inet resetwatch`: the JSON form is the documented, stable
 one (the text form changes between nft versions, e.g. `tcp flags & (...) == syn` is printed as
 `tcp flags syn / fin,syn,rst,ack` by nft 1.0.6).
