@@ -43,7 +43,8 @@ Two loads:
    request, reply, close). Reported: connections completed, host-wide softirq and system CPU
    per 1,000 connections (noisy on a shared machine: every other process's kernel time counts
    too; the user time, dominated by the Python client and server, is left out), conntrack
-   entries at the end and their memory.
+   entries at the end and their memory. Each mode runs `--repeat` times too; the run with the
+   least kernel time is reported.
 
 It never passes or fails on timing: it prints a table and a final JSON line. Every run is
 bounded in time (`timeout` around the generator), and the labs are deleted at the end, also on
@@ -260,7 +261,8 @@ def mixed_run(mode: str, args: argparse.Namespace) -> Result:
     result = Result(mode, "mixed")
     with Lab(tag=f"hostcost-mixed-{mode}") as lab:
         prepare(lab, mode, args.probability)
-        start_server(lab, max_seconds=args.mixed_seconds + 60)
+        total = int(args.mixed_rate * args.mixed_seconds) + 100
+        start_server(lab, max_seconds=args.mixed_seconds + 60, max_connections=total)
         before, cpu_before = read_server(lab), read_cpu()
         argv = [sys.executable, str(LOADGEN), "--dst", lab.server4, "--port", str(HTTP_PORT)]
         argv += ["--host", "bench.example", "--rate", f"{args.mixed_rate:g}"]
@@ -274,6 +276,8 @@ def mixed_run(mode: str, args: argparse.Namespace) -> Result:
         result.connections_failed = int(summary.get("started", 0)) - result.connections
         if not summary:
             result.notes.append(f"loadgen gave no summary: {out.stderr[-300:]}")
+        elif result.connections_failed:
+            result.notes.append(f"loadgen: {json.dumps(summary)}")
         if result.connections:
             per = 1000 / result.connections
             soft = sum(cpu_after.softirq[c] - cpu_before.softirq[c] for c in cpu_after.softirq)
@@ -282,6 +286,10 @@ def mixed_run(mode: str, args: argparse.Namespace) -> Result:
             result.system_ms_per_1k = round(system * per * 1e3, 1)
         finish(result, lab, before)
     return result
+
+
+def _kernel_ms(result: Result) -> float:
+    return result.softirq_ms_per_1k + result.system_ms_per_1k
 
 
 def _last_json(text: str) -> dict[str, Any]:
@@ -378,9 +386,14 @@ def main(argv: list[str] | None = None) -> int:
                 if mode not in best or run.absorbed_pps > best[mode].absorbed_pps:
                     best[mode] = run
         results += [best[mode] for mode in modes if mode in best]
-        for mode in modes if not args.no_mixed else []:
-            results.append(mixed_run(mode, args))
-            print(f"mixed {mode}: {asdict(results[-1])}", file=sys.stderr, flush=True)
+        quietest: dict[str, Result] = {}
+        for attempt in range(args.repeat if not args.no_mixed else 0):
+            for mode in modes:
+                run = mixed_run(mode, args)
+                print(f"mixed {mode} #{attempt + 1}: {asdict(run)}", file=sys.stderr, flush=True)
+                if mode not in quietest or _kernel_ms(run) < _kernel_ms(quietest[mode]):
+                    quietest[mode] = run
+        results += [quietest[mode] for mode in modes if mode in quietest]
     except KeyboardInterrupt:
         print("bench/hostcost.py: interrupted; labs cleaned up", file=sys.stderr)
         return 130
