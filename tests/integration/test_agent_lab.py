@@ -276,6 +276,7 @@ DAMAGE = {
         ],
     ],
     "nft": [["nft", "delete", "table", "inet", "resetwatch"]],
+    "stateless": [["nft", "flush", "chain", "inet", "resetwatch", "prerouting"]],
 }  # fmt: skip
 
 
@@ -289,21 +290,27 @@ def _wait_record(agent: RunningAgent, sport: int) -> dict[str, Any]:
     return dict(found[0])
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_rules_flushed_while_running_are_put_back(lab: Lab, tmp_path: Path, backend: str) -> None:
+@pytest.mark.parametrize("mode", list(SAMPLING))
+def test_rules_flushed_while_running_are_put_back(lab: Lab, tmp_path: Path, mode: str) -> None:
+    backend, sampler = SAMPLING[mode]
     records = tmp_path / "records.jsonl"
-    flags = agent_flags(lab, backend=backend, records=records)
+    flags = agent_flags(lab, backend=backend, records=records, sampler=sampler)
     agent = start_agent(lab, flags, tmp_path / "agent.log", records=records)
-    assert cli(lab, "rules", "check", *rule_flags(lab, backend)).returncode == 0
-    for argv in DAMAGE[backend]:
+    check = ["rules", "check", *rule_flags(lab, backend, sampler=sampler)]
+    assert cli(lab, *check).returncode == 0
+    seed = re.findall(r"seed (0x[0-9a-f]+)", lab.run("server", ["nft", "list", "ruleset"]).stdout)
+    for argv in DAMAGE[mode]:
         lab.run("server", argv)
 
     def repaired() -> bool:
         if agent.value("resetwatch_rules_repairs_total") < 1:
             return False
-        return cli(lab, "rules", "check", *rule_flags(lab, backend)).returncode == 0
+        return cli(lab, *check).returncode == 0
 
-    wait_until(repaired, REPAIR_WAIT_S, f"rules repaired by the agent ({backend})")
+    wait_until(repaired, REPAIR_WAIT_S, f"rules repaired by the agent ({mode})")
+    # The stateless rules come back with the same hash seed: no decision changes.
+    after = re.findall(r"seed (0x[0-9a-f]+)", lab.run("server", ["nft", "list", "ruleset"]).stdout)
+    assert after == seed and (bool(seed) == (sampler == "stateless"))
     assert agent.value("resetwatch_rules_present") == 1
     assert agent.get("/healthz").strip() == "ok"
 

@@ -87,11 +87,14 @@ def agent_flags(
     return flags
 
 
-def rule_flags(lab: Lab, backend: str, probability: str = "1") -> list[str]:
+def rule_flags(
+    lab: Lab, backend: str, probability: str = "1", sampler: str = "conntrack"
+) -> list[str]:
     """The flags of ``resetwatch rules check`` matching `agent_flags`."""
     return [
         "--config", "/dev/null",
         "--backend", backend,
+        "--sampler", sampler,
         "--probability", probability,
         "--interfaces", lab.server_if,
     ]  # fmt: skip
