@@ -155,36 +155,45 @@ def _filters_json(spec: RuleSpec, nfproto: bool = True) -> list[Json]:
 
 
 _FLAGS = {"payload": {"protocol": "tcp", "field": "flags"}}
+_PLAIN_SYN = "tcp flags & (fin | syn | rst | ack) == syn"
+
+
+_INVERSE = {"==": "!=", "<": ">="}
 
 
 def stateless_rules(spec: RuleSpec, seed: int) -> list[tuple[str, str, list[Json]]]:
-    """The conntrack-free rules (see `stateless`), per family: sample, set full, log.
+    """The conntrack-free rules (see `stateless`), per family: pass, sample, set full, log.
 
-    No `meta nfproto`: the hash of `ip saddr` (or `ip6 saddr`) already implies the family,
-    and nft lists the rule without it."""
+    The first rule hashes a SYN once and accepts those the hash does not choose (nearly all),
+    so the two after it see only chosen SYNs and need no hash of their own. nft adds (and
+    lists no) `meta nfproto` to a rule that reads `ip saddr` or `ip6 saddr`; only the set-full
+    rule, which reads no address, names the family."""
     mod, op, value = _numgen(spec)
-    plain_syn = "tcp flags & (fin | syn | rst | ack) == syn"
-    syn_json = _match({"&": [_FLAGS, list(_TCP_FLAGS)]}, "syn")
+    syn_text = " ".join([*_filters_text(spec, nfproto=False), _PLAIN_SYN])
+    syn_json = [
+        *_filters_json(spec, nfproto=False),
+        _match({"&": [_FLAGS, list(_TCP_FLAGS)]}, "syn"),
+    ]
     rules = []
     for family in spec.families:
-        match_text = " ".join(
-            [*_filters_text(spec, nfproto=False), plain_syn]
-            + [stateless.hash_text(family, mod, op, value, seed)]
-        )
-        match_json = [
-            *_filters_json(spec, nfproto=False),
-            syn_json,
-            stateless.hash_json(family, mod, op, value, seed),
-        ]
+        skip = stateless.hash_text(family, mod, _INVERSE[op], value, seed)
+        skip_json = stateless.hash_json(family, mod, _INVERSE[op], value, seed)
+        nfproto = _match({"meta": {"key": "nfproto"}}, _NFPROTO[family])
         syn_size, other_size = HEADER_COPY[family][True], HEADER_COPY[family][False]
         act_text, act_json = stateless.sample_actions(spec, family, syn_size)
         log_text, log_json = stateless.member_log(spec, family, other_size)
+        pass_id, full_id = stateless.ID_PASS, stateless.ID_FULL
         rules += [
-            (ID_SAMPLE, f'{match_text} {act_text} comment "{ID_SAMPLE}"', match_json + act_json),
             (
-                stateless.ID_FULL,
-                f'{match_text} counter comment "{stateless.ID_FULL}"',
-                [*match_json, {"counter": None}],
+                pass_id,
+                f'{syn_text} {skip} accept comment "{pass_id}"',
+                [*syn_json, skip_json, {"accept": None}],
+            ),
+            (ID_SAMPLE, f'{syn_text} {act_text} comment "{ID_SAMPLE}"', syn_json + act_json),
+            (
+                full_id,
+                f'meta nfproto {_NFPROTO[family]} {syn_text} counter comment "{full_id}"',
+                [nfproto, *syn_json, {"counter": None}],
             ),
             (ID_LOG, f'{log_text} comment "{ID_LOG}"', log_json),
         ]

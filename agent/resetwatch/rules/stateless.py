@@ -7,7 +7,8 @@ keeps state only for the sampled connections:
 - A SYN (SYN set; FIN, RST and ACK clear) is sampled when `jhash` of its 4-tuple, keyed with a
   secret seed drawn at install, falls below K in N. The same 4-tuple always gets the same
   decision (a retransmitted SYN too), and nobody who does not know the seed can choose
-  source ports that are, or are not, sampled.
+  source ports that are, or are not, sampled. The first rule accepts the SYNs the hash does
+  not choose (ending this chain only), so each SYN is hashed once.
 - A sampled SYN deletes the 4-tuple from the set and adds it again, with a `limit` of
   `max_packets` packets that belongs to that element: so every SYN starts a fresh window
   (port reuse gives a new flow, as a new conntrack entry does; a retransmitted SYN restarts
@@ -18,8 +19,8 @@ keeps state only for the sampled connections:
   SYN and the next `max_packets - 1` packets are logged (the add spent the SYN's token). The
   key's order (client first) leaves the server's replies out, as `ct direction original` does.
 - The set is bounded (`size`); its elements expire `WINDOW_S` after their SYN. When the add
-  fails (set full) the sample rule stops before its `accept`, and the next rule, with the same
-  match, counts the SYN: a full set is counted, never silent.
+  fails (set full) the sample rule stops before its `accept`, and the next rule, which only
+  chosen SYNs reach, counts the SYN: a full set is counted, never silent.
 
 No `ct` expression anywhere: the namespace's conntrack stays off unless something else uses it.
 """
@@ -41,6 +42,9 @@ within it (the agent's own idle timeout is 300 s by default)."""
 LIMIT_RATE = (1, "week")
 """The element limit refills one packet a week: in practice only its burst (the first
 `max_packets` packets) ever passes."""
+
+ID_PASS = "resetwatch:not-sampled"
+"""Comment of the rule that lets the SYNs the hash does not choose go, hashed once."""
 
 ID_FULL = "resetwatch:set-full"
 """Comment of the rule that counts sampled SYNs the full set could not take."""
