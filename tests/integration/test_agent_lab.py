@@ -483,6 +483,9 @@ def test_rules_cli_install_twice_show_remove(lab: Lab, backend: str) -> None:
         installed = cli(lab, "rules", "install", *flags)
         assert installed.returncode == 0, installed.stderr
         assert f"installed ({backend})" in installed.stdout
+        # Nothing in the fresh lab tracked connections: one line says what conntrack costs.
+        hint = [line for line in installed.stderr.splitlines() if "--sampler stateless" in line]
+        assert len(hint) == 1 and "conntrack" in hint[0], installed.stderr
     shown = cli(lab, "rules", "show", *flags)
     assert shown.returncode == 0, shown.stderr
     # iptables: a chain per family; nft: one table, log rules per family.
