@@ -453,6 +453,11 @@ def prepare_lab(lab: Lab, args: argparse.Namespace, name: str) -> Path:
         ["sysctl", "-qw", f"net.netfilter.nf_conntrack_tcp_timeout_syn_sent={args.ct_syn_timeout}"],
         check=False,
     )
+    return write_trafgen_config(lab, args.gen_cpus, OUT / f"live-{name}.trafgen.cfg")
+
+
+def write_trafgen_config(lab: Lab, gen_cpus: list[int], path: Path) -> Path:
+    """The trafgen config of the spoofed SYN flood to the lab server (also bench/hostcost.py)."""
     mac = lab.peer_mac("client")
     if not lab.owns(lab.server4):
         raise RuntimeError("the flood target is not a lab address")
@@ -465,8 +470,7 @@ def prepare_lab(lab: Lab, args: argparse.Namespace, name: str) -> Path:
     # trafgen forks -P processes and pins process i to CPU i; `cpu(i):` gives the packet to
     # process i only, so the others idle and the flood comes from exactly --gen-cpus.
     config = "/* SYN flood from random spoofed sources in 198.18.0.0/16 to the lab server */\n"
-    config += "".join(f"cpu({cpu}): {packet}" for cpu in args.gen_cpus)
-    path = OUT / f"live-{name}.trafgen.cfg"
+    config += "".join(f"cpu({cpu}): {packet}" for cpu in gen_cpus)
     path.write_text(config)
     return path
 

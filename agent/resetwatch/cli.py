@@ -366,7 +366,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
 
 
-RULE_KEYS = ("probability", "label", "nflog_group", "backend", "dports", "interfaces")
+RULE_KEYS = (
+    "probability", "label", "nflog_group", "backend", "sampler", "dports", "interfaces",
+)  # fmt: skip
 
 
 RULE_ACTIONS = {
@@ -444,6 +446,7 @@ def _expected_by_agent(args: argparse.Namespace, config: Any) -> Any:
 def cmd_rules(args: argparse.Namespace) -> int:
     from .config import rule_spec
     from .rules import RulesError, backend_for
+    from .rules.tracking import untracked_hint
 
     config = _config_from(args, RULE_KEYS)
     if args.action == "check":
@@ -455,8 +458,11 @@ def cmd_rules(args: argparse.Namespace) -> int:
             if args.dry_run:
                 sys.stdout.write(backend.render(spec))
                 return 0
+            hint = untracked_hint(spec.sampler)
             backend.install(spec)
             print(f"resetwatch rules: installed ({backend.name})")
+            if hint:
+                print(f"resetwatch rules: {hint}", file=sys.stderr)
         elif args.action == "remove":
             backend.remove()
             print(f"resetwatch rules: removed ({backend.name})")

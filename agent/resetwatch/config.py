@@ -22,7 +22,7 @@ else:  # pragma: no cover - exercised on RHEL 9's Python 3.9
     import tomli as tomllib
 
 from .rules import BACKENDS
-from .rules.spec import IFNAME, MIN_PROBABILITY, RuleSpec
+from .rules.spec import IFNAME, MIN_PROBABILITY, SAMPLERS, RuleSpec
 
 T = TypeVar("T")
 
@@ -142,6 +142,9 @@ SETTINGS: tuple[Setting[Any], ...] = (
             _integer(0, 127), "BIT"),
     Setting("backend", "auto", "how the rules are programmed: " + ", ".join(BACKENDS),
             _choice(*BACKENDS), "NAME"),
+    Setting("sampler", "conntrack", "how connections are sampled: conntrack (a label, the "
+            "published rules) or stateless (a keyed hash, no conntrack; nft backend only)",
+            _choice(*SAMPLERS), "NAME"),
     Setting("dports", (), "sample only connections to these local ports (empty: every port)",
             _ports, "PORT"),
     Setting("interfaces", (), "sample only connections arriving on these interfaces "
@@ -207,6 +210,7 @@ class Config:
     nflog_group: int = _default("nflog_group")
     label: int = _default("label")
     backend: str = _default("backend")
+    sampler: str = _default("sampler")
     dports: tuple[int, ...] = _default("dports")
     interfaces: tuple[str, ...] = _default("interfaces")
     idle_timeout: float = _default("idle_timeout")
@@ -260,6 +264,7 @@ def rule_spec(config: Config) -> RuleSpec:
         nflog_group=config.nflog_group,
         dports=config.dports,
         in_interfaces=config.interfaces,
+        sampler=config.sampler,
     )
 
 
@@ -303,6 +308,11 @@ def load(path: Optional[Path], overrides: Mapping[str, Any] = {}) -> Config:
         raise ConfigError(
             f"{source}: close_linger = {config.close_linger:g} is not allowed: must be less "
             f"than idle_timeout ({config.idle_timeout:g})"
+        )
+    if config.sampler == "stateless" and config.backend.startswith("iptables"):
+        raise ConfigError(
+            f"{source}: sampler = 'stateless' needs the nft backend: use --backend nft "
+            "(iptables samples only with conntrack)"
         )
     if config.keep_rules and config.no_rules:
         raise ConfigError(f"{source}: keep_rules and no_rules cannot both be true")

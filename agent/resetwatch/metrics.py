@@ -312,6 +312,12 @@ class AgentCollector(Collector):
             "program past its wait, or a tool with no answer. The rules' state was not known.",
             value=rules.timeouts,
         )
+        yield CounterMetricFamily(
+            "resetwatch_sampler_set_full",
+            "Sampled SYNs the stateless sampler dropped because its set of sampled connections "
+            "was full (always 0 with the conntrack sampler).",
+            value=rules.set_full,
+        )
         yield GaugeMetricFamily(
             "resetwatch_rules_check_duration_seconds",
             "How long the last rules check took, waits for the xtables lock included.",

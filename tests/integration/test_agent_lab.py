@@ -6,9 +6,10 @@ traffic from the client namespace only, and reads the agent's records file and i
 (fetched from inside the namespace). See `tests.lab.agent` for why the agent samples only the
 lab interface (the test's own scrapes on loopback would be sampled too).
 
-- The scenarios of `tests.lab.scenarios` (both families, both rules backends, one lab and one
-  agent per backend): every flow's record, and the /metrics counters summed from the
-  expectations; no client address in /metrics.
+- The scenarios of `tests.lab.scenarios` (both families; iptables, nft and nft with the
+  stateless sampler; one lab and one agent each): every flow's record, and the /metrics
+  counters summed from the expectations; no client address in /metrics; with the stateless
+  sampler the server namespace's conntrack table stays empty.
 - Rules flushed while the agent runs come back, and new connections are sampled again.
 - SIGTERM with flows in flight: exit 0, those flows recorded as truncated (never timeout), rules
   removed (or kept with --keep-rules).
@@ -65,7 +66,15 @@ from tests.lab.traffic import (
 )
 
 BACKENDS = ("iptables", "nft")
-TOOLS = ("ip", "iptables", "ip6tables", "iptables-save", "ip6tables-save", "nft", "curl")
+SAMPLING = {
+    "iptables": ("iptables", "conntrack"),
+    "nft": ("nft", "conntrack"),
+    "stateless": ("nft", "stateless"),
+}
+"""The lab agent's ways of sampling: (--backend, --sampler)."""
+TOOLS = (
+    "ip", "iptables", "ip6tables", "iptables-save", "ip6tables-save", "nft", "curl", "conntrack",
+)  # fmt: skip
 SCENARIO_TOOLS = ("hping3", "zmap")
 REPAIR_WAIT_S = 15.0
 EXIT_WAIT_S = 5.0
@@ -131,19 +140,25 @@ class AgentRun:
     lab_addresses: tuple[str, ...]
     exit_code: int
     log: str
+    conntrack_entries: int
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
+def conntrack_entries(lab: Lab) -> int:
+    """Entries in the server namespace's conntrack table (`conntrack -C`)."""
+    return int(lab.run("server", ["conntrack", "-C"]).stdout.strip())
+
+
+@pytest.fixture(scope="module", params=list(SAMPLING))
 def agent_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AgentRun:
     """One lab and one agent per backend: run every scenario, wait until each flow has its
     record, scrape /metrics once, then stop the agent."""
     _require_scenario_tools()
-    backend = request.param
-    tmp = tmp_path_factory.mktemp(f"agent_{backend}")
+    backend, sampler = SAMPLING[request.param]
+    tmp = tmp_path_factory.mktemp(f"agent_{request.param}")
     records = tmp / "records.jsonl"
-    with Lab(tag=f"live-{backend}") as lab:
+    with Lab(tag=f"live-{request.param}") as lab:
         start_server(lab)
-        flags = agent_flags(lab, backend=backend, records=records)
+        flags = agent_flags(lab, backend=backend, records=records, sampler=sampler)
         agent = start_agent(lab, flags, tmp / "agent.log", records=records)
         run_traffic(lab, Run(capture=records, packets=None), LIVE_SCENARIOS, wait=False)
         wanted = {s.sport for s in LIVE_SCENARIOS}
@@ -159,16 +174,18 @@ def agent_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
                 f"{error}; no record for source ports {missing}; agent log:\n{agent.log_text()}"
             ) from None
         text = agent.metrics_text()
+        entries = conntrack_entries(lab)
         code = agent.stop(EXIT_WAIT_S)
         addresses = (lab.client4, lab.client6, lab.server4, lab.server6)
     return AgentRun(
-        backend,
+        request.param,
         agent.records_by_sport(),
         parse_samples(text),
         text,
         addresses,
         code,
         agent.log_text(),
+        entries,
     )
 
 
@@ -185,6 +202,17 @@ def test_every_record_is_a_scenario_and_the_agent_stopped_cleanly(agent_run: Age
     gave one record, none was left in flight at the stop, and the stop exited 0."""
     assert set(agent_run.records) == {s.sport for s in LIVE_SCENARIOS}
     assert agent_run.exit_code == 0, agent_run.log
+
+
+def test_conntrack_stays_off_with_the_stateless_sampler(agent_run: AgentRun) -> None:
+    """Every scenario's traffic went through the server namespace; with the stateless sampler
+    nothing there tracked it (the conntrack rules track every connection: shown > 0)."""
+    if agent_run.backend == "stateless":
+        assert agent_run.conntrack_entries == 0
+        assert "--sampler stateless" not in agent_run.log  # no hint: it is in use
+    else:
+        assert agent_run.conntrack_entries > 0
+        assert "--sampler stateless" in agent_run.log  # the lab tracked nothing before
 
 
 def _expected_counts(run: AgentRun) -> tuple[Counter[tuple[str, ...]], ...]:
@@ -227,6 +255,7 @@ def test_metrics_other_counters(agent_run: AgentRun) -> None:
     assert samples["resetwatch_sampling_probability", frozenset()] == 1.0
     assert samples["resetwatch_rules_present", frozenset()] == 1.0
     assert samples["resetwatch_rules_repairs_total", frozenset()] == 0.0
+    assert samples["resetwatch_sampler_set_full_total", frozenset()] == 0.0
 
 
 def test_metrics_hold_no_lab_address(agent_run: AgentRun) -> None:
@@ -247,6 +276,7 @@ DAMAGE = {
         ],
     ],
     "nft": [["nft", "delete", "table", "inet", "resetwatch"]],
+    "stateless": [["nft", "flush", "chain", "inet", "resetwatch", "prerouting"]],
 }  # fmt: skip
 
 
@@ -260,21 +290,27 @@ def _wait_record(agent: RunningAgent, sport: int) -> dict[str, Any]:
     return dict(found[0])
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_rules_flushed_while_running_are_put_back(lab: Lab, tmp_path: Path, backend: str) -> None:
+@pytest.mark.parametrize("mode", list(SAMPLING))
+def test_rules_flushed_while_running_are_put_back(lab: Lab, tmp_path: Path, mode: str) -> None:
+    backend, sampler = SAMPLING[mode]
     records = tmp_path / "records.jsonl"
-    flags = agent_flags(lab, backend=backend, records=records)
+    flags = agent_flags(lab, backend=backend, records=records, sampler=sampler)
     agent = start_agent(lab, flags, tmp_path / "agent.log", records=records)
-    assert cli(lab, "rules", "check", *rule_flags(lab, backend)).returncode == 0
-    for argv in DAMAGE[backend]:
+    check = ["rules", "check", *rule_flags(lab, backend, sampler=sampler)]
+    assert cli(lab, *check).returncode == 0
+    seed = re.findall(r"seed (0x[0-9a-f]+)", lab.run("server", ["nft", "list", "ruleset"]).stdout)
+    for argv in DAMAGE[mode]:
         lab.run("server", argv)
 
     def repaired() -> bool:
         if agent.value("resetwatch_rules_repairs_total") < 1:
             return False
-        return cli(lab, "rules", "check", *rule_flags(lab, backend)).returncode == 0
+        return cli(lab, *check).returncode == 0
 
-    wait_until(repaired, REPAIR_WAIT_S, f"rules repaired by the agent ({backend})")
+    wait_until(repaired, REPAIR_WAIT_S, f"rules repaired by the agent ({mode})")
+    # The stateless rules come back with the same hash seed: no decision changes.
+    after = re.findall(r"seed (0x[0-9a-f]+)", lab.run("server", ["nft", "list", "ruleset"]).stdout)
+    assert after == seed and (bool(seed) == (sampler == "stateless"))
     assert agent.value("resetwatch_rules_present") == 1
     assert agent.get("/healthz").strip() == "ok"
 
@@ -447,6 +483,9 @@ def test_rules_cli_install_twice_show_remove(lab: Lab, backend: str) -> None:
         installed = cli(lab, "rules", "install", *flags)
         assert installed.returncode == 0, installed.stderr
         assert f"installed ({backend})" in installed.stdout
+        # Nothing in the fresh lab tracked connections: one line says what conntrack costs.
+        hint = [line for line in installed.stderr.splitlines() if "--sampler stateless" in line]
+        assert len(hint) == 1 and "conntrack" in hint[0], installed.stderr
     shown = cli(lab, "rules", "show", *flags)
     assert shown.returncode == 0, shown.stderr
     # iptables: a chain per family; nft: one table, log rules per family.

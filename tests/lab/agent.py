@@ -65,6 +65,7 @@ def agent_flags(
     idle_timeout: float = 5.0,
     close_linger: float = 1.0,
     state_dir: Optional[Path] = None,
+    sampler: str = "conntrack",
 ) -> list[str]:
     """The flags of a lab agent: no config file, every setting on the command line, sampling
     only what arrives on the server's lab interface (see the module's docstring). Without a
@@ -76,6 +77,7 @@ def agent_flags(
         "--close-linger", f"{close_linger:g}",
         "--listen", f"127.0.0.1:{port}",
         "--backend", backend,
+        "--sampler", sampler,
         "--rules-check-interval", "1",
         "--interfaces", lab.server_if,
         "--state-dir", str(state_dir) if state_dir is not None else "",
@@ -85,11 +87,14 @@ def agent_flags(
     return flags
 
 
-def rule_flags(lab: Lab, backend: str, probability: str = "1") -> list[str]:
+def rule_flags(
+    lab: Lab, backend: str, probability: str = "1", sampler: str = "conntrack"
+) -> list[str]:
     """The flags of ``resetwatch rules check`` matching `agent_flags`."""
     return [
         "--config", "/dev/null",
         "--backend", backend,
+        "--sampler", sampler,
         "--probability", probability,
         "--interfaces", lab.server_if,
     ]  # fmt: skip

@@ -79,6 +79,7 @@ def start_server(
     http_port: int = HTTP_PORT,
     hold_port: int = HOLD_PORT,
     max_seconds: float = 600.0,
+    max_connections: int = 1000,
 ) -> Server:
     """Start the lab's TCP server and wait until it listens on both families."""
     proc = lab.popen(
@@ -92,6 +93,8 @@ def start_server(
             str(hold_port),
             "--max-seconds",
             str(max_seconds),
+            "--max-connections",
+            str(max_connections),
         ],
         stdout=subprocess.PIPE,
         text=True,

@@ -5,6 +5,10 @@ sampled at random and its connection gets a conntrack label; every packet of a l
 connection is sent to NFLOG while conntrack has counted at most `max_packets` packets in the
 original (client to server) direction.
 
+The nft backend also has a conntrack-free sampler (`RuleSpec(sampler="stateless")`, see
+`stateless`): a keyed hash of the 4-tuple chooses the SYN, and a bounded set with a per-element
+packet limit stands in for the label and the packet count.
+
 `backend_for(name)` returns an object with the `RulesBackend` interface: `render(spec)`,
 `install(spec)`, `remove()`, `show()`, `check(spec)`, `present()`. Names: "auto" (detect),
 "iptables" (the host's `iptables`), "iptables-legacy" or "iptables-nft" (force one flavour of

@@ -169,6 +169,11 @@ class RulesBackend(ABC):
     def check(self, spec: RuleSpec) -> list[str]:
         """Human-readable differences between the installed rules and the spec (empty: equal)."""
 
+    def set_full(self) -> Optional[int]:
+        """Sampled SYNs the stateless sampler could not add because its set was full, counted
+        by the kernel since the last install; None where there is no such set."""
+        return None
+
     @abstractmethod
     def present(self) -> bool:
         """True when some rules of ours are installed (use `check` to know if they are right)."""

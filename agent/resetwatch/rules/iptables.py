@@ -27,7 +27,7 @@ import shutil
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .base import LOCK_WAIT, RulesBackend, Runner, connlabel_bits, run_local
+from .base import LOCK_WAIT, RulesBackend, RulesError, Runner, connlabel_bits, run_local
 from .spec import CHAIN, HEADER_COPY, ID_JUMP, ID_LOG, ID_LOG_SYN, ID_SAMPLE, LOG_PREFIX, RuleSpec
 
 TABLE = "mangle"
@@ -231,6 +231,15 @@ def _strip_counters(rule: str) -> str:
     return re.sub(r" -c \d+ \d+", "", rule)
 
 
+def _conntrack_only(spec: RuleSpec) -> None:
+    """iptables has no keyed hash of the 4-tuple nor a per-element packet limit."""
+    if spec.sampler != "conntrack":
+        raise RulesError(
+            f"sampler {spec.sampler!r} needs the nft backend: use --backend nft "
+            "(iptables samples only with conntrack)"
+        )
+
+
 class IptablesBackend(RulesBackend):
     """Rules for iptables (legacy or nf_tables flavour), IPv4 via iptables, IPv6 via ip6tables."""
 
@@ -283,6 +292,7 @@ class IptablesBackend(RulesBackend):
 
     def render(self, spec: RuleSpec) -> str:
         """Both families' restore files, each fed to its own tool (lines with # are comments)."""
+        _conntrack_only(spec)
         return "".join(self.render_family(spec, family) for family in spec.families)
 
     def explain(self, message: str, stdin: Optional[str]) -> str:
@@ -320,6 +330,7 @@ class IptablesBackend(RulesBackend):
 
         Families not in the spec lose our rules, so what is installed is what was asked for.
         """
+        _conntrack_only(spec)
         wanted_jump = canonical(JUMP_RULE)
         for family in (4, 6):
             if family not in spec.families:
@@ -378,6 +389,7 @@ class IptablesBackend(RulesBackend):
         return False
 
     def check(self, spec: RuleSpec) -> list[str]:
+        _conntrack_only(spec)
         differences: list[str] = []
         for family in (4, 6):
             name = FAMILY_NAMES[family]

@@ -19,6 +19,7 @@ from typing import Callable, Optional
 from ..periodic import Worker
 from .base import RulesBackend, RulesError
 from .spec import RuleSpec
+from .tracking import untracked_hint
 
 log = logging.getLogger("resetwatch")
 
@@ -37,6 +38,10 @@ class RulesState:
     last_check_seconds: float = 0.0
     checking_since: Optional[float] = None
     """When the check now running started (None between checks), on the keeper's clock."""
+    set_full: int = 0
+    """SYNs the stateless sampler's set had no room for, over every install of this run
+    (the kernel's counter starts again at each install)."""
+    _set_full_before: int = 0
 
 
 class RulesKeeper:
@@ -71,9 +76,12 @@ class RulesKeeper:
         the periodic checks."""
         with self._lock:
             backend = self._backend_for(backend_name)
+            hint = untracked_hint(spec.sampler)  # asked before our rules track anything
             backend.install(spec)
             self.backend, self.backend_name, self.spec = backend, backend_name, spec
             self.state.present = True
+        if hint:
+            log.warning("%s", hint)
         if not self._started:
             self._started = True
             self._worker.start()
@@ -103,14 +111,27 @@ class RulesKeeper:
 
     def _check(self, backend: RulesBackend, spec: RuleSpec) -> None:
         differences = backend.check(spec)
+        self._count_set_full(backend, spec)
         if not differences:
             self.state.present = True
             return
         log.warning("rules changed or missing (%s): putting them back", differences[0])
         self.state.present = False
+        self._reinstalling()
         backend.install(spec)
         self.state.repairs += 1
         self.state.present = not backend.check(spec)
+
+    def _count_set_full(self, backend: RulesBackend, spec: RuleSpec) -> None:
+        if spec.sampler != "stateless":
+            return
+        count = backend.set_full()
+        if count is not None:
+            self.state.set_full = self.state._set_full_before + count
+
+    def _reinstalling(self) -> None:
+        """An install restarts the kernel's set-full counter: keep what it counted."""
+        self.state._set_full_before = self.state.set_full
 
     def swap(self, backend_name: Optional[str], spec: Optional[RuleSpec], *, remove: bool) -> None:
         """A reload: make the installed rules those of `spec` with `backend_name` (None: stop
@@ -124,6 +145,7 @@ class RulesKeeper:
                 self.backend, self.spec = None, None
                 self.state.managed = False
                 return
+            self._reinstalling()
             if current is not None and backend_name == self.backend_name:
                 current.install(spec)
             else:

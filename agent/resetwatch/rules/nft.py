@@ -18,6 +18,10 @@ Why this shape:
 - Each rule carries a `counter` (so `show` answers "is anything being sampled?") and an id
   comment.
 
+- With `sampler = "stateless"` the table holds the rules of `stateless` instead (two sets, a
+  keyed hash, no `ct` expression); its hash seed is state, like a counter: `check` compares
+  the rest, and that all rules share one seed (this backend's own, once it has installed).
+
 `check` reads `nft -j list table inet resetwatch`: the JSON form is the documented, stable
 one (the text form changes between nft versions, e.g. `tcp flags & (...) == syn` is printed as
 `tcp flags syn / fin,syn,rst,ack` by nft 1.0.6).
@@ -29,7 +33,8 @@ import json
 from fractions import Fraction
 from typing import Any, Optional
 
-from .base import RulesBackend, RulesError, connlabel_bits
+from . import stateless
+from .base import RulesBackend, RulesError, Runner, connlabel_bits, run_local
 from .spec import (
     HEADER_COPY,
     ID_LOG,
@@ -75,10 +80,10 @@ def _interfaces(spec: RuleSpec) -> list[str]:
     return [name[:-1] + "*" if name.endswith("+") else name for name in spec.in_interfaces]
 
 
-def sample_rule(spec: RuleSpec) -> str:
-    """A new TCP SYN, at random, gets the conntrack label (filters first, numgen last)."""
+def _filters_text(spec: RuleSpec, nfproto: bool = True) -> list[str]:
+    """Which new connections may be sampled: family, interface, port (nft text)."""
     parts = []
-    if len(spec.families) == 1:
+    if nfproto and len(spec.families) == 1:
         parts.append(f"meta nfproto {_NFPROTO[spec.families[0]]}")
     if spec.in_interfaces:
         parts.append("iifname " + _nft_set([f'"{name}"' for name in _interfaces(spec)]))
@@ -86,6 +91,12 @@ def sample_rule(spec: RuleSpec) -> str:
         parts.append('iifname != "lo"')  # the host's own connections are not ingress
     if spec.dports:
         parts.append("tcp dport " + _nft_set([str(port) for port in spec.dports]))
+    return parts
+
+
+def sample_rule(spec: RuleSpec) -> str:
+    """A new TCP SYN, at random, gets the conntrack label (filters first, numgen last)."""
+    parts = _filters_text(spec)
     parts.append("tcp flags & (fin | syn | rst | ack) == syn ct state new")
     mod, op, value = _numgen(spec)
     parts.append(f"numgen random mod {mod} {op} {value}")
@@ -128,20 +139,75 @@ def _json_set(values: list[Any]) -> Json:
     return values[0] if len(values) == 1 else {"set": values}
 
 
-def wanted_rules(spec: RuleSpec) -> list[tuple[str, str, list[Json]]]:
-    """(id comment, rendered text, expressions as `nft -j` lists them) for each of our rules."""
-    sample: list[Json] = []
-    mod, op, value = _numgen(spec)
-    if len(spec.families) == 1:
-        sample.append(_match({"meta": {"key": "nfproto"}}, _NFPROTO[spec.families[0]]))
+def _filters_json(spec: RuleSpec, nfproto: bool = True) -> list[Json]:
+    """`_filters_text` as `nft -j` lists it."""
+    out: list[Json] = []
+    if nfproto and len(spec.families) == 1:
+        out.append(_match({"meta": {"key": "nfproto"}}, _NFPROTO[spec.families[0]]))
     if spec.in_interfaces:
-        sample.append(_match({"meta": {"key": "iifname"}}, _json_set(_interfaces(spec))))
+        out.append(_match({"meta": {"key": "iifname"}}, _json_set(_interfaces(spec))))
     else:
-        sample.append(_match({"meta": {"key": "iifname"}}, "lo", "!="))
+        out.append(_match({"meta": {"key": "iifname"}}, "lo", "!="))
     if spec.dports:
         dport = {"payload": {"protocol": "tcp", "field": "dport"}}
-        sample.append(_match(dport, _json_set(list(spec.dports))))
-    flags = {"payload": {"protocol": "tcp", "field": "flags"}}
+        out.append(_match(dport, _json_set(list(spec.dports))))
+    return out
+
+
+_FLAGS = {"payload": {"protocol": "tcp", "field": "flags"}}
+_PLAIN_SYN = "tcp flags & (fin | syn | rst | ack) == syn"
+
+
+_INVERSE = {"==": "!=", "<": ">="}
+
+
+def stateless_rules(spec: RuleSpec, seed: int) -> list[tuple[str, str, list[Json]]]:
+    """The conntrack-free rules (see `stateless`), per family: pass, sample, set full, log.
+
+    The first rule hashes a SYN once and accepts those the hash does not choose (nearly all),
+    so the two after it see only chosen SYNs and need no hash of their own. nft adds (and
+    lists no) `meta nfproto` to a rule that reads `ip saddr` or `ip6 saddr`; only the set-full
+    rule, which reads no address, names the family."""
+    mod, op, value = _numgen(spec)
+    syn_text = " ".join([*_filters_text(spec, nfproto=False), _PLAIN_SYN])
+    syn_json = [
+        *_filters_json(spec, nfproto=False),
+        _match({"&": [_FLAGS, list(_TCP_FLAGS)]}, "syn"),
+    ]
+    rules = []
+    for family in spec.families:
+        skip = stateless.hash_text(family, mod, _INVERSE[op], value, seed)
+        skip_json = stateless.hash_json(family, mod, _INVERSE[op], value, seed)
+        nfproto = _match({"meta": {"key": "nfproto"}}, _NFPROTO[family])
+        syn_size, other_size = HEADER_COPY[family][True], HEADER_COPY[family][False]
+        act_text, act_json = stateless.sample_actions(spec, family, syn_size)
+        log_text, log_json = stateless.member_log(spec, family, other_size)
+        pass_id, full_id = stateless.ID_PASS, stateless.ID_FULL
+        rules += [
+            (
+                pass_id,
+                f'{syn_text} {skip} accept comment "{pass_id}"',
+                [*syn_json, skip_json, {"accept": None}],
+            ),
+            (ID_SAMPLE, f'{syn_text} {act_text} comment "{ID_SAMPLE}"', syn_json + act_json),
+            (
+                full_id,
+                f'meta nfproto {_NFPROTO[family]} {syn_text} counter comment "{full_id}"',
+                [nfproto, *syn_json, {"counter": None}],
+            ),
+            (ID_LOG, f'{log_text} comment "{ID_LOG}"', log_json),
+        ]
+    return rules
+
+
+def wanted_rules(spec: RuleSpec, seed: int = 0) -> list[tuple[str, str, list[Json]]]:
+    """(id comment, rendered text, expressions as `nft -j` lists them) for each of our rules;
+    `seed` keys the stateless sampler's hash."""
+    if spec.sampler == "stateless":
+        return stateless_rules(spec, seed)
+    mod, op, value = _numgen(spec)
+    sample: list[Json] = _filters_json(spec)
+    flags = _FLAGS
     sample += [
         _match({"&": [flags, list(_TCP_FLAGS)]}, "syn"),
         _match({"ct": {"key": "state"}}, "new", "in"),
@@ -214,6 +280,12 @@ def describe(expr: Json) -> str:
     if kind == "match" and isinstance(body, dict):
         op = "" if body.get("op") == "in" else f"{body.get('op')} "
         return f"{describe(body.get('left'))} {op}{describe(body.get('right'))}"
+    if kind == "set" and isinstance(body, dict):
+        return f"{body.get('op')} {body.get('set')} {{ {describe(body.get('elem'))} }}"
+    if kind == "concat" and isinstance(body, list):
+        return " . ".join(describe(item) for item in body)
+    if kind == "jhash" and isinstance(body, dict):
+        return f"jhash {describe(body.get('expr'))} mod {body.get('mod')}"
     if kind == "set" and isinstance(body, list):
         return "{ " + ", ".join(describe(item) for item in body) + " }"
     if kind in ("meta", "ct") and isinstance(body, dict):
@@ -245,13 +317,28 @@ class NftBackend(RulesBackend):
 
     name = "nft"
 
+    def __init__(self, runner: Runner = run_local, *, set_size: int = stateless.SET_SIZE) -> None:
+        super().__init__(runner)
+        self.set_size = set_size
+        self.seed: Optional[int] = None
+        """The stateless sampler's hash key: drawn (or taken from the installed rules) at the
+        first install, then kept, so a repair does not change any connection's decision."""
+
+    def _seed(self) -> int:
+        if self.seed is None:
+            self.seed = stateless.new_seed()
+        return self.seed
+
     def render(self, spec: RuleSpec) -> str:
         """The whole file `nft -f -` reads: create-if-absent, delete, define, in one go."""
-        rules = "".join(f"\t\t{text}\n" for _id, text, _expr in wanted_rules(spec))
+        seed = self._seed() if spec.sampler == "stateless" else 0
+        rules = "".join(f"\t\t{text}\n" for _id, text, _expr in wanted_rules(spec, seed))
+        sets = stateless.set_text(spec, self.set_size) if spec.sampler == "stateless" else ""
         return (
             f"table {FAMILY} {NFT_TABLE}\n"
             f"delete table {FAMILY} {NFT_TABLE}\n"
             f"table {FAMILY} {NFT_TABLE} {{\n"
+            f"{sets}"
             f"\tchain {NFT_CHAIN} {{\n"
             f"\t\ttype filter hook prerouting priority mangle; policy accept;\n"
             f"{rules}"
@@ -260,6 +347,10 @@ class NftBackend(RulesBackend):
         )
 
     def install(self, spec: RuleSpec) -> None:
+        if spec.sampler == "stateless" and self.seed is None:
+            # A new agent run over rules left installed keeps their seed (and decisions).
+            seeds = stateless.seeds_in(self._rules(self._objects() or []))
+            self.seed = seeds.pop() if len(seeds) == 1 else stateless.new_seed()
         self.run(["nft", "-f", "-"], self.render(spec))
 
     def remove(self) -> None:
@@ -277,6 +368,24 @@ class NftBackend(RulesBackend):
             return None
         raise self.error(argv, result, None)
 
+    def _objects(self) -> Optional[list[Json]]:
+        """The objects of `nft -j list table`, or None when the table does not exist."""
+        text = self._list(json_output=True)
+        if text is None:
+            return None
+        try:
+            return [obj for obj in json.loads(text).get("nftables", []) if isinstance(obj, dict)]
+        except (ValueError, AttributeError) as err:
+            raise RulesError(f"`nft -j list table {FAMILY} {NFT_TABLE}`: bad JSON ({err})") from err
+
+    @staticmethod
+    def _rules(objects: list[Json]) -> list[Json]:
+        return [
+            obj["rule"]
+            for obj in objects
+            if "rule" in obj and obj["rule"].get("chain") == NFT_CHAIN
+        ]
+
     def show(self) -> str:
         text = self._list(json_output=False)
         return text if text is not None else f"# table {FAMILY} {NFT_TABLE}: not installed\n"
@@ -284,21 +393,30 @@ class NftBackend(RulesBackend):
     def present(self) -> bool:
         return self._list(json_output=False) is not None
 
+    def set_full(self) -> Optional[int]:
+        """Sampled SYNs the stateless sampler's full set could not take, since the install."""
+        objects = self._objects()
+        if objects is None:
+            return None
+        counts = [
+            rule_counter(rule)
+            for rule in self._rules(objects)
+            if rule.get("comment") == stateless.ID_FULL
+        ]
+        return sum(counts) if counts else None
+
     def check(self, spec: RuleSpec) -> list[str]:
-        wanted = wanted_rules(spec)
-        text = self._list(json_output=True)
-        if text is None:
+        objects = self._objects()
+        if objects is None:
             return [f"table {FAMILY} {NFT_TABLE} is missing"]
-        try:
-            objects = [obj for obj in json.loads(text).get("nftables", []) if isinstance(obj, dict)]
-        except (ValueError, AttributeError) as err:
-            raise RulesError(f"`nft -j list table {FAMILY} {NFT_TABLE}`: bad JSON ({err})") from err
         out: list[str] = []
         chains = [obj["chain"] for obj in objects if "chain" in obj]
         ours = [c for c in chains if c.get("name") == NFT_CHAIN]
         out.extend(f"chain {c.get('name')} is not wanted" for c in chains if c not in ours)
-        for kind in ("set", "map", "flowtable", "ct helper", "counter", "quota", "limit"):
+        for kind in ("map", "flowtable", "ct helper", "counter", "quota", "limit"):
             out.extend(f"{kind} {o[kind].get('name')} is not wanted" for o in objects if kind in o)
+        wanted_sets = stateless.set_json(spec, self.set_size) if spec.sampler == "stateless" else {}
+        out.extend(_check_sets([o["set"] for o in objects if "set" in o], wanted_sets))
         if not ours:
             return [*out, f"chain {NFT_CHAIN} is missing"]
         chain = ours[0]
@@ -306,25 +424,66 @@ class NftBackend(RulesBackend):
         for key, value in base.items():
             if chain.get(key) != value:
                 out.append(f"chain {NFT_CHAIN}: {key} is {chain.get(key)!r}, wanted {value!r}")
-        rules = [
-            obj["rule"]
-            for obj in objects
-            if "rule" in obj and obj["rule"].get("chain") == NFT_CHAIN
-        ]
-        labels = connlabel_bits()
-        for index in range(max(len(wanted), len(rules))):
-            number = f"rule {index + 1}"
-            if index >= len(rules):
-                out.append(f"{number} is missing: wanted `{wanted[index][1]}`")
-                continue
-            found = rules[index]
-            if index >= len(wanted):
-                out.append(f"{number} is not wanted: `{_describe_rule(found)}`")
-                continue
-            rule_id, rule_text, exprs = wanted[index]
-            same = found.get("comment") == rule_id and normalise(
-                found.get("expr", []), labels
-            ) == normalise(exprs, labels)
-            if not same:
-                out.append(f"{number} is `{_describe_rule(found)}`, wanted `{rule_text}`")
+        rules = self._rules(objects)
+        out.extend(self._check_seed(spec, rules))
+        out.extend(_check_rules(rules, wanted_rules(spec, self.seed or 0)))
         return out
+
+    def _check_seed(self, spec: RuleSpec, rules: list[Json]) -> list[str]:
+        """The stateless rules share one hash seed: this backend's own, once it installed them
+        (a table re-installed by someone else changes decisions), else whichever they have."""
+        if spec.sampler != "stateless":
+            return []
+        seeds = stateless.seeds_in(rules)
+        if len(seeds) > 1:
+            return ["the sampling rules hash with different seeds"]
+        if self.seed is not None and seeds and seeds != {self.seed}:
+            return ["the sampling rules hash with another seed than this agent installed"]
+        return []
+
+
+def rule_counter(rule: Json) -> int:
+    """Packets the counter of a listed rule has seen (0 without one)."""
+    for expr in rule.get("expr", []):
+        if isinstance(expr, dict) and isinstance(expr.get("counter"), dict):
+            return int(expr["counter"].get("packets", 0))
+    return 0
+
+
+def _check_sets(found: list[Json], wanted: dict[str, Json]) -> list[str]:
+    names = {item.get("name") for item in found}
+    out = [f"set {name} is missing" for name in wanted if name not in names]
+    for item in found:
+        name = item.get("name")
+        if name not in wanted:
+            out.append(f"set {name} is not wanted")
+            continue
+        for key, value in wanted[name].items():
+            got = item.get(key)
+            if key == "flags":  # nft lists "dynamic" or not, by version
+                got = [flag for flag in got or [] if flag != "dynamic"]
+            if got != value:
+                out.append(f"set {name}: {key} is {got!r}, wanted {value!r}")
+    return out
+
+
+def _check_rules(rules: list[Json], wanted: list[tuple[str, str, list[Json]]]) -> list[str]:
+    """Rule by rule, in order: what differs, as text an operator reads."""
+    out: list[str] = []
+    labels = connlabel_bits()
+    for index in range(max(len(wanted), len(rules))):
+        number = f"rule {index + 1}"
+        if index >= len(rules):
+            out.append(f"{number} is missing: wanted `{wanted[index][1]}`")
+            continue
+        found = rules[index]
+        if index >= len(wanted):
+            out.append(f"{number} is not wanted: `{_describe_rule(found)}`")
+            continue
+        rule_id, rule_text, exprs = wanted[index]
+        same = found.get("comment") == rule_id and normalise(
+            stateless.without_seed(found.get("expr", [])), labels
+        ) == normalise(stateless.without_seed(exprs), labels)
+        if not same:
+            out.append(f"{number} is `{_describe_rule(found)}`, wanted `{rule_text}`")
+    return out

@@ -46,6 +46,10 @@ MAX_HEADER_COPY = max(size for sizes in HEADER_COPY.values() for size in sizes)
 """The largest copy a rule asks for: the agent's NFLOG group copies no more, whoever wrote
 the rules."""
 
+SAMPLERS = ("conntrack", "stateless")
+"""How a connection is chosen and followed: by a conntrack label (the published rules), or by
+a keyed hash of its 4-tuple and a set of sampled 4-tuples (nft only, no connection tracking)."""
+
 MAX_MAX_PACKETS = 1000
 """Every logged packet is one netlink message; a sample is meant to be a connection's start."""
 
@@ -91,6 +95,8 @@ class RuleSpec:
     """Only sample connections arriving on these interfaces (empty: every interface)."""
     families: tuple[int, ...] = (4, 6)
     """IP versions to sample (4, 6 or both)."""
+    sampler: str = "conntrack"
+    """"conntrack" (label the connection) or "stateless" (hash the 4-tuple; nft only)."""
 
     def __post_init__(self) -> None:
         prob: object = self.probability
@@ -114,6 +120,10 @@ class RuleSpec:
         object.__setattr__(self, "dports", self._dports(self.dports))
         object.__setattr__(self, "in_interfaces", self._interfaces(self.in_interfaces))
         object.__setattr__(self, "families", self._families(self.families))
+        if self.sampler not in SAMPLERS:
+            raise ValueError(
+                f"sampler: {self.sampler!r} is not allowed; use one of {', '.join(SAMPLERS)}"
+            )
 
     @staticmethod
     def _sequence(name: str, value: object) -> tuple[object, ...]:
