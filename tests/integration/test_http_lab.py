@@ -115,7 +115,9 @@ def test_a_scrape_answers_while_the_connections_are_held(held: Held) -> None:
     fds = len(list(Path(f"/proc/{held.agent.proc.pid}/fd").iterdir()))
     assert fds < 1024 - 512, fds  # the cap, not the clients, bounds what the listener holds
     threads = len(list(Path(f"/proc/{held.agent.proc.pid}/task").iterdir()))
-    assert threads == 3, threads  # the loop, the listener, the API worker: none per client
+    # The loop, the listener, the API worker, the rules keeper (and at most a history save in
+    # flight): none per client.
+    assert threads <= 5, threads
 
 
 def test_the_api_answers_while_the_connections_are_held(held: Held) -> None:

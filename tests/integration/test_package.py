@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from resetwatch.assets import ASSETS
+
 ROOT = Path(__file__).resolve().parents[2]
 LIMIT_S = 600
 
@@ -69,7 +71,7 @@ def test_wheel_and_sdist_carry_the_license_and_the_wheel_writes_the_assets(
     run(venv / "bin" / "pip", "install", "-q", wheel, cwd=tmp_path)
     assets = tmp_path / "assets"
     out = run(venv / "bin" / "resetwatch", "assets", "write", assets, cwd=tmp_path)
-    assert out.count("wrote ") == 5
+    assert out.count("wrote ") == len(ASSETS)
     for written, repo in (
         ("prometheus/resetwatch.rules.yml", "deploy/prometheus/resetwatch.rules.yml"),
         ("prometheus/resetwatch.rules.test.yml", "deploy/prometheus/resetwatch.rules.test.yml"),
