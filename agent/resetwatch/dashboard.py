@@ -85,8 +85,9 @@ def _share(category_filter: str = "") -> str:
     )
 
 
-def dashboard() -> dict[str, Any]:
-    panels = [
+def _share_panels() -> list[dict[str, Any]]:
+    """Row one and two: what connections became, and what the spike alerts compare."""
+    return [
         _panel(
             1,
             "Share of sampled connections by category",
@@ -174,6 +175,12 @@ def dashboard() -> dict[str, Any]:
             (12, 17, 12, 8),
             unit="cps",
         ),
+    ]
+
+
+def _health_panels() -> list[dict[str, Any]]:
+    """The last row: whether the agents see what they should (the health tickets' inputs)."""
+    return [
         _panel(
             7,
             "Agents up, rules present",
@@ -235,6 +242,36 @@ def dashboard() -> dict[str, Any]:
             unit="ops",
         ),
     ]
+
+
+def _variables() -> list[dict[str, Any]]:
+    return [
+        {"name": "datasource", "type": "datasource", "query": "prometheus",
+         "label": "Data source"},
+        {
+            "name": "instance",
+            "type": "query",
+            "datasource": {"type": "prometheus", "uid": "${datasource}"},
+            "query": {"query": "label_values(resetwatch_build_info, instance)",
+                      "refId": "instance"},
+            "definition": "label_values(resetwatch_build_info, instance)",
+            "includeAll": True,
+            "multi": True,
+            "current": {"text": "All", "value": "$__all"},
+            "refresh": 2,
+        },
+        {
+            "name": "family",
+            "type": "custom",
+            "query": "4,6",
+            "includeAll": True,
+            "multi": True,
+            "current": {"text": "All", "value": "$__all"},
+        },
+    ]
+
+
+def dashboard() -> dict[str, Any]:
     return {
         "uid": "resetwatch",
         "title": "resetwatch: TCP resets and timeouts",
@@ -246,33 +283,8 @@ def dashboard() -> dict[str, Any]:
         "editable": True,
         "refresh": "1m",
         "time": {"from": "now-24h", "to": "now"},
-        "templating": {
-            "list": [
-                {"name": "datasource", "type": "datasource", "query": "prometheus",
-                 "label": "Data source"},
-                {
-                    "name": "instance",
-                    "type": "query",
-                    "datasource": {"type": "prometheus", "uid": "${datasource}"},
-                    "query": {"query": "label_values(resetwatch_build_info, instance)",
-                              "refId": "instance"},
-                    "definition": "label_values(resetwatch_build_info, instance)",
-                    "includeAll": True,
-                    "multi": True,
-                    "current": {"text": "All", "value": "$__all"},
-                    "refresh": 2,
-                },
-                {
-                    "name": "family",
-                    "type": "custom",
-                    "query": "4,6",
-                    "includeAll": True,
-                    "multi": True,
-                    "current": {"text": "All", "value": "$__all"},
-                },
-            ]
-        },
-        "panels": panels,
+        "templating": {"list": _variables()},
+        "panels": [*_share_panels(), *_health_panels()],
     }
 
 
