@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import os
+import stat
 import tempfile
 import threading
 from collections.abc import Mapping
@@ -35,6 +36,10 @@ RETENTION_SECONDS = 28 * 86400
 """The default retention (the `retention_days` setting): Radar's longest common range."""
 FILE_NAME = "history.json"
 FORMAT = "resetwatch-history"
+MAX_BUCKET_BYTES = 256 << 10
+"""The most a bucket's JSON can take (measured buckets take 1 to 3 KiB; a bucket split by
+network labels tens): a file larger than its retention's worth of these is refused unread."""
+
 VERSION = 2
 """The version this agent writes; `from_document` reads every version up to it."""
 
@@ -298,29 +303,57 @@ class HistoryFile:
         except OSError as error:
             # Not fatal: the agent runs without persistence; the saves will say so.
             log.error("history: cannot create %s: %s", self.directory, error.strerror)
-        try:
-            text = self.path.read_bytes()
-        except FileNotFoundError:
-            return
-        except OSError as error:
-            log.error("history: cannot read %s: %s; starting empty", self.path, error.strerror)
+        text = self._read(history.retention)
+        if text is None:
             return
         try:
             buckets, skipped = from_document(json.loads(text))
         except (ValueError, RecursionError) as error:  # JSONDecodeError, DocumentError
             problem = str(error).splitlines()[0] if str(error) else type(error).__name__
-            aside = self._move_aside()
-            log.error(
-                "history: %s is not a readable history (%s); %s, starting empty",
-                self.path, problem, f"moved to {aside}" if aside else "left in place",
-            )
+            self._refuse(f"is not a readable history ({problem})")
             return
+        now = self._wall()
+        # A clock that was ahead at the last save, or a crafted file: nothing can have been
+        # counted after the current bucket, and such buckets would be kept forever.
+        future = [start for start in buckets if start > bucket_start(now) + BUCKET_SECONDS]
+        for start in future:
+            del buckets[start]
+        if future:
+            log.warning("history: dropped %d buckets of %s that lie in the future (a clock "
+                        "that was ahead?)", len(future), self.path)  # fmt: skip
         history.merge(buckets)
-        dropped = history.prune(self._wall())
+        dropped = history.prune(now)
         if skipped:
             log.warning("history: ignored %d counts with names this version does not know",
                         skipped)
         log.info("history: loaded %d buckets from %s", len(buckets) - dropped, self.path)
+
+    def _read(self, retention: int) -> Optional[bytes]:
+        """The file's bytes, or None (missing, unreadable, not a regular file, or larger than
+        the retention can explain: logged, and the agent starts empty)."""
+        try:
+            info = os.stat(self.path)
+            if not stat.S_ISREG(info.st_mode):
+                # A FIFO would block the start forever; a directory cannot be read.
+                log.error("history: %s is not a regular file; starting empty (left in place)",
+                          self.path)  # fmt: skip
+                return None
+            limit = (retention // BUCKET_SECONDS + 2) * MAX_BUCKET_BYTES
+            if info.st_size > limit:
+                self._refuse(f"is {info.st_size:,} bytes, more than {limit:,} that "
+                             f"{retention // 86400} days of buckets can hold")  # fmt: skip
+                return None
+            return self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            log.error("history: cannot read %s: %s; starting empty", self.path, error.strerror)
+            return None
+
+    def _refuse(self, problem: str) -> None:
+        aside = self._move_aside()
+        log.error("history: %s %s; %s, starting empty", self.path, problem,
+                  f"moved to {aside}" if aside else "left in place")  # fmt: skip
 
     def _move_aside(self) -> Optional[Path]:
         aside = self.path.with_name(self.path.name + ".bad")

@@ -404,3 +404,42 @@ def test_an_empty_state_dir_keeps_the_history_in_memory() -> None:
         agent.step()
     agent.stop()
     assert agent.history.snapshot().total(0, 2**40).classified == 3
+
+
+# ---- files that must not be trusted -------------------------------------------------------
+
+
+def test_buckets_in_the_future_are_dropped_and_said(tmp_path: Path, caplog) -> None:
+    history = History()
+    for minutes in (0, 30, 60 * 24 * 400):  # now, half an hour ahead, a year ahead
+        judge(history, NOW + 60 * minutes, Category.POST_ACK)
+    (tmp_path / FILE_NAME).write_text(json.dumps(to_document(history.snapshot(), NOW)))
+    again = History()
+    with caplog.at_level(logging.WARNING, "resetwatch"):
+        HistoryFile(str(tmp_path), lambda: NOW).load(again)
+    assert list(again.snapshot().buckets) == [bucket_start(NOW)]
+    assert "dropped 2 buckets" in caplog.text
+
+
+def test_a_fifo_or_a_directory_is_refused_without_blocking(tmp_path: Path, caplog) -> None:
+    for make in (os.mkfifo, os.mkdir):
+        directory = tmp_path / make.__name__
+        directory.mkdir()
+        make(directory / FILE_NAME)
+        history = History()
+        with caplog.at_level(logging.ERROR, "resetwatch"):
+            HistoryFile(str(directory), lambda: NOW).load(history)  # would hang on a FIFO
+        assert len(history) == 0
+        assert "not a regular file" in caplog.text
+        assert (directory / FILE_NAME).exists()  # left in place
+
+
+def test_a_file_larger_than_the_retention_explains_is_refused_unread(tmp_path: Path) -> None:
+    history = History(retention=86400)
+    limit = (86400 // BUCKET_SECONDS + 2) * history_module.MAX_BUCKET_BYTES
+    path = tmp_path / FILE_NAME
+    with open(path, "wb") as handle:
+        handle.truncate(limit + 1)  # sparse: no disk used
+    HistoryFile(str(tmp_path), lambda: NOW).load(history)
+    assert len(history) == 0
+    assert not path.exists() and (tmp_path / (FILE_NAME + ".bad")).exists()
