@@ -6,6 +6,13 @@ packet's wall-clock time (the same `last_ts` the records carry), aligned to mult
 `BUCKET_SECONDS` since the Unix epoch. The packet loop writes and the HTTP thread reads, so
 every access holds one lock and readers get a copy (`snapshot`), never the live dicts.
 
+With an IP database (`labels`, set by networks.attach), each judged flow is counted under
+the client network and country labels of the metrics: the top `network_top` networks and
+countries by volume have their own label, the rest count as `other` (networks.py). So the
+history holds per-network counts for the top networks only, and the whole server's counts
+are the sum over labels. `names` (bounded) says each label's AS name and each country's
+continent, and is saved with the buckets.
+
 `HistoryFile` keeps the buckets across restarts as one versioned JSON document, replaced
 atomically (temporary file, fsync, rename). A file that cannot be read is moved aside, never
 overwritten, and the agent starts empty; a failed save is logged once and counted.
@@ -20,12 +27,13 @@ import os
 import tempfile
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from .classify import Category, Outcome, Stage
 from .event import CountingOutput, FlowEvent
+from .networks import NetworkLabels, NetworkNames
 from .tally import RowsError, Tally
 
 log = logging.getLogger("resetwatch")
@@ -53,6 +61,10 @@ class Snapshot:
     """A consistent copy of some buckets, by start time; nothing else refers to them."""
 
     buckets: dict[int, Tally]
+    names: NetworkNames = field(default_factory=NetworkNames)
+    """What the database called the labels (AS names, countries' continents)."""
+    top: int = 0
+    """How many networks (and countries) get a label of their own; 0 without a database."""
 
     def total(self, start: int, end: int) -> Tally:
         """The sum of the buckets starting in [start, end)."""
@@ -75,6 +87,9 @@ class History(CountingOutput):
         # in a SYN flood every flow is judged, so this path is paid per packet.
         self._hot = Tally()
         self._hot_start = self._hot_end = 0.0
+        self.labels: Optional[NetworkLabels] = None
+        """The network labels shared with the metrics (set by networks.attach)."""
+        self.names = NetworkNames()
 
     # ---- writing (the packet loop) ------------------------------------------------------
 
@@ -89,11 +104,14 @@ class History(CountingOutput):
 
     def write(self, event: FlowEvent) -> None:
         wall = self._to_wall(event.flow.last_ts)
+        network, labels = event.network, self.labels
+        asn, country = ("", "") if network is None or labels is None else (
+            labels.labels_of(event, network))
         # acquire/release: half the cost of a `with` block, and this runs once per flow.
         self._lock.acquire()
         try:
             bucket = self._hot if self._hot_start <= wall < self._hot_end else self._bucket(wall)
-            bucket.add(event)
+            bucket.add(event, asn, country)
         finally:
             self._lock.release()
 
@@ -123,13 +141,13 @@ class History(CountingOutput):
     def snapshot(self, start: Optional[int] = None, end: Optional[int] = None) -> Snapshot:
         """A copy of the buckets starting in [start, end) (all of them by default)."""
         with self._lock:
-            return Snapshot(
-                {
-                    begin: bucket.copy()
-                    for begin, bucket in self._buckets.items()
-                    if (start is None or begin >= start) and (end is None or begin < end)
-                }
-            )
+            buckets = {
+                begin: bucket.copy()
+                for begin, bucket in self._buckets.items()
+                if (start is None or begin >= start) and (end is None or begin < end)
+            }
+        labels = self.labels
+        return Snapshot(buckets, self.names.copy(), labels.top if labels is not None else 0)
 
     def __len__(self) -> int:
         with self._lock:
@@ -151,6 +169,7 @@ def to_document(snapshot: Snapshot, saved_at: float) -> dict[str, Any]:
             {"start": start, **bucket.to_rows()}
             for start, bucket in sorted(snapshot.buckets.items())
         ],
+        "names": snapshot.names.to_json(),
     }
 
 
@@ -306,7 +325,8 @@ class HistoryFile:
             log.error("history: cannot read %s: %s; starting empty", self.path, error.strerror)
             return
         try:
-            buckets, skipped = from_document(json.loads(text))
+            doc = json.loads(text)
+            buckets, skipped = from_document(doc)
         except (ValueError, RecursionError) as error:  # JSONDecodeError, DocumentError
             problem = str(error).splitlines()[0] if str(error) else type(error).__name__
             aside = self._move_aside()
@@ -316,6 +336,7 @@ class HistoryFile:
             )
             return
         history.merge(buckets)
+        history.names.load(doc.get("names"))  # version 2 files of part 1 have none
         dropped = history.prune(self._wall())
         if skipped:
             log.warning("history: ignored %d counts with names this version does not know",
