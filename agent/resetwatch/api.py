@@ -523,7 +523,8 @@ def _top(
     rows, other = netquery.top_rows(total, by, category, limit, snapshot.names)
     if request.csv:
         return _csv(TOP_CSV[by], netquery.csv_rows(rows, TOP_CSV[by]))
-    meta = _with(_meta(request, now, probability, total), networks)
+    meta = {"normalization": envelope.NORMALIZATION,
+            **_with(_meta(request, now, probability, total), networks)}
     meta.update({"category": category.value, "limit": limit, "classified": total.classified,
                  "other": other, "tracked": snapshot.top})
     return _json(envelope.success({"meta": meta, "top_0": rows}))

@@ -91,6 +91,12 @@ class History(CountingOutput):
         """The network labels shared with the metrics (set by networks.attach)."""
         self.names = NetworkNames()
 
+    def use_labels(self, labels: NetworkLabels) -> None:
+        """Count judged flows under `labels` (those of the metrics), which from now on note
+        the AS names and continents in this history's `names` (kept across restarts)."""
+        labels.names = self.names
+        self.labels = labels
+
     # ---- writing (the packet loop) ------------------------------------------------------
 
     def _bucket(self, wall: float) -> Tally:

@@ -96,9 +96,7 @@ def attach(
     networks = Networks.open(paths)
     labels = counts.labels = NetworkLabels(top, clock)
     if history is not None:
-        # The names saved with the history serve until the flows name their networks again.
-        labels.names = history.names
-        history.labels = labels
+        history.use_labels(labels)
     engine.network_of = networks.of
     registry.register(NetworkCollector(counts, networks))
     for line in networks.describe():
