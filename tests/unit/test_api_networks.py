@@ -43,13 +43,13 @@ def verdict(category: Category) -> Verdict:
     return Verdict(stage, outcome, category, tags)
 
 
-def networked() -> History:
+def networked(now: float = NOW) -> History:
     history = History()
     tally = Tally()
     for asn, country, category, n in FLOWS:
         tally.add_judged(JudgedKey("4", verdict(category), asn, country), n)
     tally.add_excluded(ExcludedKey("4", Exclusion.TRUNCATED), 7)
-    history.merge({bucket_start(NOW - 3600): tally})
+    history.merge({bucket_start(now - 3600): tally})
     names = history.names
     names.as_name.update({"64500": "Tamper Net", "64501": "Clean Net", "64502": "Tiny Net"})
     names.continent.update({"DE": "EU", "JP": "AS", "FR": "EU"})
