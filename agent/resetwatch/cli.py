@@ -482,6 +482,12 @@ def _add_status(sub: Any) -> None:
         default="table",
         help="table: readable; json: the API answers and the health read from /metrics",
     )
+    p.add_argument(
+        "--by",
+        choices=("asn", "country"),
+        help="also a table per client network or country (as replay --by gives), from the "
+        "agent's per-network history: its busiest network_top networks, the rest as other",
+    )
     p.set_defaults(func=cmd_status)
 
 
@@ -494,7 +500,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     except ConfigError as error:
         raise UsageError(str(error)) from None
     try:
-        text = render(gather(base, args.range), args.format)
+        text = render(gather(base, args.range, args.by), args.format)
     except StatusError as error:
         if error.usage:
             # The agent names its own parameter (dateRange); the user typed --range.
