@@ -535,7 +535,9 @@ def _add_demo(sub: Any) -> None:
             "clients, ZMap, blocked and zero-rated names), show progress, then print the "
             "agent's verdicts. The host's interfaces, routes and firewall are never touched; "
             "everything is removed at the end, on Ctrl-C, on SIGTERM and after errors. Needs "
-            "root, zmap and the [demo] extra (pyroute2, netfilterqueue)."
+            "root, zmap and the [demo] extra (pyroute2, netfilterqueue, maxminddb). The "
+            "clients come from three lab networks and the middlebox sits on one's path: "
+            "the last table shows that network standing out."
         ),
     )
     p.add_argument(
@@ -580,6 +582,14 @@ def _add_demo(sub: Any) -> None:
         metavar="N",
         help="seed for the traffic's random choices (default: %(default)s): the same seed "
         "gives the same mix of behaviours",
+    )
+    p.add_argument(
+        "--ipdb",
+        action="append",
+        metavar="PATH",
+        help="MaxMind DB files naming the clients' networks, as for `run --ipdb` (repeatable; "
+        "default: the lab's own small database, which puts the clients in three networks; "
+        "a real database knows none of the lab's documentation addresses)",
     )
     p.set_defaults(func=cmd_demo)
 
