@@ -261,7 +261,8 @@ def top_rows(
         if by == "asn":
             row = {"clientASN": int(label), "clientASName": names.as_name.get(label, "")}
         else:
-            row = {"clientCountryAlpha2": label, "clientCountryName": label,
+            row = {"clientCountryAlpha2": label,
+                   "clientCountryName": names.country_name.get(label, label),
                    "continent": names.continent.get(label)}
         row.update({"value": shares[category.value], "rank": rank, "classified": classified,
                     "tooSmallToTrust": small})

@@ -13,9 +13,9 @@ exports both families from the `FlowCounts.networks` tally, plus what the labels
 The history (history.py) counts each judged flow under the same labels as the metrics: the
 labels are computed once per flow (`labels_of` remembers the last event), so the API's
 per-network answers and the metric series agree and membership is decided in one place.
-`NetworkNames` keeps, for the labels only (bounded), the AS name and the continent the
-database gave: the API's top lists name each row, and the continent filter reads a country's
-continent from the same database that gave the country.
+`NetworkNames` keeps, for the labels only (bounded), the AS name, the country's name and its
+continent as the database gave them: the API's top lists name each row, and the continent
+filter reads a country's continent from the same database that gave the country.
 """
 
 from __future__ import annotations
@@ -110,35 +110,44 @@ MAX_NAMES = 4096
 
 class NetworkNames:
     """Bounded maps from labels to what the database said: AS label -> AS name, country ->
-    continent. Written by the packet loop for labelled flows only; readers take `copy()`."""
+    continent, country -> name. Written by the packet loop for labelled flows only; readers
+    take `copy()`."""
 
-    __slots__ = ("as_name", "continent")
+    __slots__ = ("as_name", "continent", "country_name")
 
     def __init__(self) -> None:
         self.as_name: dict[str, str] = {}
         self.continent: dict[str, str] = {}
+        self.country_name: dict[str, str] = {}
 
     def note(self, asn: str, network: Network, country: str) -> None:
+        # Dict lookups only on the per-flow path; a write when a name is new or changed.
         if asn != OTHER and network.as_name and self.as_name.get(asn) != network.as_name:
             _put(self.as_name, asn, network.as_name)
-        if country != OTHER and network.continent and country not in self.continent:
-            _put(self.continent, country, network.continent)
+        if country != OTHER:
+            if network.continent and country not in self.continent:
+                _put(self.continent, country, network.continent)
+            if network.country_name and country not in self.country_name:
+                _put(self.country_name, country, network.country_name)
 
     def copy(self) -> NetworkNames:
         out = NetworkNames()
         out.as_name, out.continent = self.as_name.copy(), self.continent.copy()
+        out.country_name = self.country_name.copy()
         return out
 
     def to_json(self) -> dict[str, dict[str, str]]:
         return {"asName": dict(sorted(self.as_name.copy().items())),
-                "continent": dict(sorted(self.continent.copy().items()))}
+                "continent": dict(sorted(self.continent.copy().items())),
+                "countryName": dict(sorted(self.country_name.copy().items()))}
 
     def load(self, doc: Any) -> None:
         """Add the names of `to_json` output; anything malformed is skipped (names only
         decorate the answers, they never change a count)."""
         if not isinstance(doc, dict):
             return
-        for field, target in (("asName", self.as_name), ("continent", self.continent)):
+        for field, target in (("asName", self.as_name), ("continent", self.continent),
+                              ("countryName", self.country_name)):
             values = doc.get(field)
             if isinstance(values, dict):
                 for label, name in list(values.items())[:MAX_NAMES]:

@@ -141,7 +141,7 @@ def lab_database(path: Path, lab: Lab) -> Path:
         prefix = "/24" if family == 4 else "/64"
         writer.insert_network(IPSet([lab.client_addr(family) + prefix]), {
             "asn": f"AS{asn}", "as_name": f"Lab Net {asn}", "country_code": country,
-            "continent_code": continent,
+            "country": {"DE": "Germany", "JP": "Japan"}[country], "continent_code": continent,
         })
     writer.to_db_file(str(path))
     return path
@@ -321,8 +321,9 @@ def test_top_lists_rank_and_name_the_networks(live: Live) -> None:
     assert {r["classified"] for r in rows} == {len(by_family[4]), len(by_family[6])}
     status, text = live.answers[NETWORK_QUERIES[7]]
     assert status == 200
-    countries = [row["clientCountryAlpha2"] for row in csv.DictReader(io.StringIO(text))]
-    assert sorted(countries) == ["DE", "JP"]
+    countries = {row["clientCountryAlpha2"]: row["clientCountryName"]
+                 for row in csv.DictReader(io.StringIO(text))}
+    assert countries == {"DE": "Germany", "JP": "Japan"}
 
 
 def test_a_bad_filter_value_is_400_naming_it(live: Live) -> None:

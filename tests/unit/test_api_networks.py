@@ -53,6 +53,7 @@ def networked(now: float = NOW) -> History:
     names = history.names
     names.as_name.update({"64500": "Tamper Net", "64501": "Clean Net", "64502": "Tiny Net"})
     names.continent.update({"DE": "EU", "JP": "AS", "FR": "EU"})
+    names.country_name.update({"DE": "Germany", "JP": "Japan"})  # FR's name unknown
     return history
 
 
@@ -201,6 +202,7 @@ def test_top_locations_with_names_and_a_filter() -> None:
     rows = body["result"]["top_0"]
     assert [r["clientCountryAlpha2"] for r in rows] == ["DE", "JP", "FR"]
     assert rows[0]["continent"] == "EU" and rows[0]["classified"] == 220
+    assert [r["clientCountryName"] for r in rows] == ["Germany", "Japan", "FR"]
     _, body = call(api.top_locations, "category=post_ack&continent=AS")
     assert [r["clientCountryAlpha2"] for r in body["result"]["top_0"]] == ["JP"]
 
@@ -237,7 +239,8 @@ def test_official_client_types_parse_the_top_lists() -> None:
     parsed = AseGetResponse.model_validate(body["result"], strict=False)
     assert parsed.top_0[0].client_asn == 64500 and parsed.top_0[0].value == "75"
     _, body = call(api.top_locations, "category=post_ack")
-    assert LocationGetResponse.model_validate(body["result"]).top_0[0].client_country_alpha2 == "DE"
+    top = LocationGetResponse.model_validate(body["result"]).top_0[0]
+    assert (top.client_country_alpha2, top.client_country_name) == ("DE", "Germany")
 
 
 # ---- /networks (status --by) ---------------------------------------------------------------
@@ -265,6 +268,7 @@ def test_names_survive_a_save_and_load(tmp_path: Any) -> None:
     assert again.snapshot().buckets == history.snapshot().buckets
     assert again.names.as_name["64500"] == "Tamper Net"
     assert again.names.continent == {"DE": "EU", "JP": "AS", "FR": "EU"}
+    assert again.names.country_name == {"DE": "Germany", "JP": "Japan"}
     names = NetworkNames()
     names.load({"asName": {"1": 2, "3": "ok"}, "continent": "junk"})  # malformed: skipped
     assert names.as_name == {"3": "ok"} and names.continent == {}
@@ -282,7 +286,7 @@ def test_the_history_counts_each_flow_once_under_the_metrics_labels() -> None:
     labels = NetworkLabels(1, lambda: clock[0])
     counts, history = FlowCounts(labels), History()
     history.use_labels(labels)
-    big = Network(64500, "Tamper Net", "DE", "EU")
+    big = Network(64500, "Tamper Net", "DE", "EU", "Germany")
     small = Network(64501, "Clean Net", "JP", "AS")
     for step in range(30):
         clock[0] = step * 2.0  # membership is recomputed every second
@@ -298,4 +302,5 @@ def test_the_history_counts_each_flow_once_under_the_metrics_labels() -> None:
     assert set(by_asn) == {"64500", "other"} and by_asn["64500"] > 50
     assert history.names.as_name == {"64500": "Tamper Net"}
     assert history.names.continent == {"DE": "EU"}
+    assert history.names.country_name == {"DE": "Germany"}
     assert history.snapshot().top == 1

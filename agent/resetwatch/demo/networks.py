@@ -2,8 +2,8 @@
 one of which sits behind the tampering middlebox.
 
 `lab.mmdb` (beside this file, in IPinfo Lite's flat layout: `asn`, `as_name`, `country_code`,
-`continent_code`) maps the ranges below to their networks; the agent reads it with `--ipdb`
-like a real database. It is generated, and committed, so the demo needs no writer:
+`country`, `continent_code`) maps the ranges below to their networks; the agent reads it with
+`--ipdb` like a real database. It is generated, and committed, so the demo needs no writer:
 
     python -m resetwatch.demo.networks agent/resetwatch/demo/lab.mmdb   # needs mmdb-writer
 
@@ -28,6 +28,7 @@ class LabNetwork(NamedTuple):
     asn: int
     as_name: str
     country: str
+    country_name: str
     continent: str
     prefixes: tuple[str, ...]
 
@@ -37,9 +38,12 @@ class LabNetwork(NamedTuple):
 
 
 NETWORKS = (
-    LabNetwork(64512, "Demo Mobile", "DE", "EU", ("198.51.100.0/28", "2001:db8:c::10/126")),
-    LabNetwork(64513, "Demo Fibre", "JP", "AS", ("198.51.100.16/29", "2001:db8:c::14/127")),
-    LabNetwork(64514, "Demo Campus", "NZ", "OC", ("198.51.100.24/29", "2001:db8:c::16/127")),
+    LabNetwork(64512, "Demo Mobile", "DE", "Germany", "EU",
+               ("198.51.100.0/28", "2001:db8:c::10/126")),
+    LabNetwork(64513, "Demo Fibre", "JP", "Japan", "AS",
+               ("198.51.100.16/29", "2001:db8:c::14/127")),
+    LabNetwork(64514, "Demo Campus", "NZ", "New Zealand", "OC",
+               ("198.51.100.24/29", "2001:db8:c::16/127")),
 )
 """Client addresses (lab.CLIENTS4, CLIENTS6) fall in these; the spoofed source in none."""
 TAMPERED = NETWORKS[0]
@@ -65,7 +69,8 @@ def write(path: Path) -> None:
                     languages=["en"], description="resetwatch demo: lab client networks")
     for network in NETWORKS:
         record = {"asn": f"AS{network.asn}", "as_name": network.as_name,
-                  "country_code": network.country, "continent_code": network.continent}
+                  "country_code": network.country, "country": network.country_name,
+                  "continent_code": network.continent}
         writer.insert_network(IPSet(list(network.prefixes)), record)
     writer.to_db_file(str(path))
 
