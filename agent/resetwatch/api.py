@@ -3,10 +3,13 @@
 Scripts written for Radar's `/radar/tcp_resets_timeouts/{summary,timeseries_groups}` work
 against `/api/v1/tcp_resets_timeouts/...` here: the same query parameters, the same envelope
 (`success`, `errors`, `result`), the same five fields as percent strings summing to 100.
-Radar's filters that one server cannot apply (asn, location, continent) are refused with a 400
-naming the parameter, never ignored: a script asking for one ASN must not silently get every
-client. Other unknown parameters are ignored. Our own additions live in
-`meta` (the counts behind the shares, the sampling probability) and in `/api/v1/tags`.
+Radar's network filters (`asn`, `location`, `continent`, with `-` to exclude) narrow every
+answer to the per-network history (netquery.py): a filter on a network that has no label of
+its own gives an empty sample with a note, never the whole server. Top lists rank networks and
+countries by a category's share (`/tcp_resets_timeouts/top/ases`, `.../top/locations`).
+Unknown parameters are ignored. Our own additions live in `meta` (the counts behind the
+shares, the sampling probability, `networks`: what a filter kept) and in `/api/v1/tags`,
+`/api/v1/signatures` and `/api/v1/networks` (the per-network table of `status --by`).
 
 The renderers are pure functions of (history snapshot, query, now, sampling probability);
 `routes` binds them to a live `History` for the HTTP server. docs/operations.md describes
@@ -25,9 +28,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Optional
 
-from . import envelope
+from . import envelope, netquery
 from .classify import Category, Tag
 from .history import BUCKET_SECONDS, RETENTION_SECONDS, History, Snapshot
+from .netquery import NO_FILTER, TOP_CSV, FilterError, NetFilter
 from .server import Response, Route
 from .signature import Signature
 from .summary import percent_shares
@@ -40,6 +44,9 @@ SUMMARY = PREFIX + "/tcp_resets_timeouts/summary"
 TIMESERIES = PREFIX + "/tcp_resets_timeouts/timeseries_groups"
 TAGS = PREFIX + "/tags"
 SIGNATURES = PREFIX + "/signatures"
+NETWORKS = PREFIX + "/networks"
+TOP_ASES = PREFIX + "/tcp_resets_timeouts/top/ases"
+TOP_LOCATIONS = PREFIX + "/tcp_resets_timeouts/top/locations"
 
 DEFAULT_RANGE = "1d"
 """The range when the query names none (our choice; Radar's own default is not documented)."""
@@ -53,13 +60,6 @@ AGG_INTERVALS: dict[str, tuple[int, str]] = {
 }
 WEEK_START = 4 * 86400
 """Weeks start on Monday 00:00 UTC; the epoch (1970-01-01) was a Thursday."""
-
-UNSUPPORTED = {
-    "asn": "per-ASN",
-    "location": "per-location",
-    "continent": "per-continent",
-}
-"""Radar filters a single server's agent cannot apply (it sees one server's clients only)."""
 
 _DURATION = re.compile(r"^(\d{1,6})([mhdw])(control)?$", re.IGNORECASE)
 _UNIT_SECONDS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -98,6 +98,8 @@ class Request:
     """The result key of each series: `summary_0`, `serie_0`, ... or the `name` given."""
     agg: str
     csv: bool
+    network: NetFilter = NO_FILTER
+    """The asn/location/continent filters (netquery.py)."""
 
     @property
     def bounds(self) -> tuple[int, int]:
@@ -243,13 +245,10 @@ def parse(
     query: Query, now: float, prefix: str, retention: int = RETENTION_SECONDS
 ) -> Request:
     """Check every parameter; `ApiError` names the first one refused."""
-    for name, what in UNSUPPORTED.items():
-        if name in query:
-            raise ApiError(
-                name,
-                f"this agent sees one server's connections and has no {what} breakdown; "
-                f"leave {name} out",
-            )
+    try:
+        network = NetFilter.of(lambda name: _values(query, name))
+    except FilterError as err:
+        raise ApiError(err.parameter, str(err).split(": ", 1)[1]) from None
     fmt = (_one(query, "format") or "json").lower()
     if fmt not in ("json", "csv"):
         raise ApiError("format", f"{fmt!r} is not one of json, csv")
@@ -283,7 +282,7 @@ def parse(
             raise ApiError(
                 "aggInterval", f"{agg_text!r} is not one of {', '.join(AGG_INTERVALS)}"
             )
-    return Request(spans, keys, agg, fmt == "csv")
+    return Request(spans, keys, agg, fmt == "csv", network)
 
 
 # ---- responses --------------------------------------------------------------------------------
@@ -315,6 +314,19 @@ def _meta(request: Request, now: float, probability: float, main: Tally) -> dict
     }
 
 
+def _narrow(request: Request, snapshot: Snapshot) -> tuple[Snapshot, Optional[dict[str, Any]]]:
+    """The snapshot the filters keep, and `meta.networks` saying what they kept (None when
+    the query has no network filter)."""
+    filtered = request.network.apply(snapshot)
+    return filtered, request.network.meta(snapshot, filtered)
+
+
+def _with(meta: dict[str, Any], networks: Optional[dict[str, Any]]) -> dict[str, Any]:
+    if networks is not None:
+        meta["networks"] = networks
+    return meta
+
+
 def summary(
     snapshot: Snapshot, query: Query, now: float, probability: float,
     retention: int = RETENTION_SECONDS,
@@ -324,6 +336,7 @@ def summary(
         request = parse(query, now, "summary", retention)
     except ApiError as err:
         return error(err)
+    snapshot, networks = _narrow(request, snapshot)
     totals = [snapshot.total(s.start, s.end) for s in request.spans]
     if request.csv:
         header = ["serie", "startTime", "endTime", *(c.value for c in Category),
@@ -334,7 +347,7 @@ def summary(
             for key, span, total in zip(request.keys, request.spans, totals)
         ]
         return _csv(header, rows)
-    meta = _meta(request, now, probability, totals[0])
+    meta = _with(_meta(request, now, probability, totals[0]), networks)
     return _json(envelope.summary(meta, dict(zip(request.keys, totals))))
 
 
@@ -360,6 +373,7 @@ def timeseries_groups(
         request = parse(query, now, "serie", retention)
     except ApiError as err:
         return error(err)
+    snapshot, networks = _narrow(request, snapshot)
     series = [_series(snapshot, span, request.agg) for span in request.spans]
     if request.csv:
         header = ["serie", "timestamp", *(c.value for c in Category), "classified", "excluded"]
@@ -372,6 +386,7 @@ def timeseries_groups(
         return _csv(header, rows)
     main = Tally.sum(series[0][1])
     meta = {"normalization": envelope.NORMALIZATION, **_meta(request, now, probability, main)}
+    _with(meta, networks)
     meta["aggInterval"] = AGG_INTERVALS[request.agg][1]
     counts: dict[str, Any] = {}
     result: dict[str, Any] = {"meta": meta}
@@ -393,13 +408,15 @@ def timeseries_groups(
 
 def _one_range(
     snapshot: Snapshot, query: Query, now: float, prefix: str, retention: int, path: str
-) -> tuple[Request, Tally]:
-    """The request of an endpoint that answers for one range, and the range's total."""
+) -> tuple[Request, Tally, Optional[dict[str, Any]]]:
+    """The request of an endpoint that answers for one range, the range's total (filtered)
+    and `meta.networks`."""
     request = parse(query, now, prefix, retention)
     if len(request.spans) > 1:
         raise ApiError("dateRange", f"{path} takes one range, not {len(request.spans)}")
     span = request.spans[0]
-    return request, snapshot.total(span.start, span.end)
+    snapshot, networks = _narrow(request, snapshot)
+    return request, snapshot.total(span.start, span.end), networks
 
 
 def tag_share(count: int, classified: int) -> str:
@@ -414,7 +431,7 @@ def tags(
     """`/tags`: each tag's count in one range, by category, and its share of the classified
     connections (a connection carries several tags, so the shares do not sum to 100)."""
     try:
-        request, total = _one_range(snapshot, query, now, "tags", retention, TAGS)
+        request, total, networks = _one_range(snapshot, query, now, "tags", retention, TAGS)
     except ApiError as err:
         return error(err)
     classified = total.classified
@@ -447,7 +464,7 @@ def tags(
         )
     meta = {"normalization": envelope.NORMALIZATION, **_meta(request, now, probability, total)}
     meta["counts"] = envelope.counts(total)
-    return _json(envelope.success({"meta": meta, "tags": rows}))
+    return _json(envelope.success({"meta": _with(meta, networks), "tags": rows}))
 
 
 def signature_rows(total: Tally) -> list[dict[str, Any]]:
@@ -474,7 +491,9 @@ def signatures(
     """`/signatures`: each of the paper's 19 tampering signatures (and `none`) in one range:
     count, share of the judged connections, share of the anomalous ones."""
     try:
-        request, total = _one_range(snapshot, query, now, "signatures", retention, SIGNATURES)
+        request, total, networks = _one_range(
+            snapshot, query, now, "signatures", retention, SIGNATURES
+        )
     except ApiError as err:
         return error(err)
     rows = signature_rows(total)
@@ -484,7 +503,65 @@ def signatures(
     meta = {"normalization": envelope.NORMALIZATION, **_meta(request, now, probability, total)}
     meta["counts"] = envelope.counts(total)
     meta["anomalous"] = total.anomalous
-    return _json(envelope.success({"meta": meta, "signatures": rows}))
+    return _json(envelope.success({"meta": _with(meta, networks), "signatures": rows}))
+
+
+def _top(
+    by: str, snapshot: Snapshot, query: Query, now: float, probability: float, retention: int
+) -> Response:
+    """`/tcp_resets_timeouts/top/{ases,locations}`: networks or countries ranked by the share
+    of `category` (required), Radar's shape: `result.top_0`, a list of rows."""
+    path = TOP_ASES if by == "asn" else TOP_LOCATIONS
+    try:
+        category = netquery.category_of(_values(query, "category"))
+        limit = netquery.limit_of(_values(query, "limit"))
+        request, total, networks = _one_range(snapshot, query, now, "top", retention, path)
+    except FilterError as err:
+        return error(ApiError(err.parameter, str(err).split(": ", 1)[1]))
+    except ApiError as err:
+        return error(err)
+    rows, other = netquery.top_rows(total, by, category, limit, snapshot.names)
+    if request.csv:
+        return _csv(TOP_CSV[by], netquery.csv_rows(rows, TOP_CSV[by]))
+    meta = {"normalization": envelope.NORMALIZATION,
+            **_with(_meta(request, now, probability, total), networks)}
+    meta.update({"category": category.value, "limit": limit, "classified": total.classified,
+                 "other": other, "tracked": snapshot.top})
+    return _json(envelope.success({"meta": meta, "top_0": rows}))
+
+
+def top_ases(
+    snapshot: Snapshot, query: Query, now: float, probability: float,
+    retention: int = RETENTION_SECONDS,
+) -> Response:
+    return _top("asn", snapshot, query, now, probability, retention)
+
+
+def top_locations(
+    snapshot: Snapshot, query: Query, now: float, probability: float,
+    retention: int = RETENTION_SECONDS,
+) -> Response:
+    return _top("country", snapshot, query, now, probability, retention)
+
+
+def per_network(
+    snapshot: Snapshot, query: Query, now: float, probability: float,
+    retention: int = RETENTION_SECONDS,
+) -> Response:
+    """`/networks?by=asn|country`: replay's per-network rows (shares, sample size, the
+    too-small marker, AS names) over one range, for `resetwatch status --by`."""
+    try:
+        by = netquery.by_of(_values(query, "by"))
+        request, total, filters = _one_range(snapshot, query, now, "networks", retention,
+                                             NETWORKS)
+    except FilterError as err:
+        return error(ApiError(err.parameter, str(err).split(": ", 1)[1]))
+    except ApiError as err:
+        return error(err)
+    meta = _with(_meta(request, now, probability, total), filters)
+    meta["tracked"] = snapshot.top
+    rows = netquery.networks_rows(total, by, snapshot.names)
+    return _json(envelope.success({"meta": meta, f"by_{by}": rows}))
 
 
 Renderer = Callable[[Snapshot, Query, float, float, int], Response]
@@ -496,11 +573,15 @@ RADAR_PREFIX = "/client/v4/radar"
 ENDPOINTS: dict[str, tuple[Renderer, str]] = {
     "/tcp_resets_timeouts/summary": (summary, "summary"),
     "/tcp_resets_timeouts/timeseries_groups": (timeseries_groups, "serie"),
+    # Not in Radar's dataset, but shaped like its other top endpoints (result.top_0).
+    "/tcp_resets_timeouts/top/ases": (top_ases, "top"),
+    "/tcp_resets_timeouts/top/locations": (top_locations, "top"),
 }
 """Radar's endpoints, served under both path families."""
 EXTENSIONS: dict[str, tuple[Renderer, str]] = {
     "/tags": (tags, "tags"),
     "/signatures": (signatures, "signatures"),
+    "/networks": (per_network, "networks"),
 }
 """Ours: under /api/v1, and beside Radar's under /client/v4/radar/tcp_resets_timeouts."""
 

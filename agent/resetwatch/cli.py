@@ -521,6 +521,12 @@ def _add_status(sub: Any) -> None:
         default="table",
         help="table: readable; json: the API answers and the health read from /metrics",
     )
+    p.add_argument(
+        "--by",
+        choices=("asn", "country"),
+        help="also a table per client network or country (as replay --by gives), from the "
+        "agent's per-network history: its busiest network_top networks, the rest as other",
+    )
     p.set_defaults(func=cmd_status)
 
 
@@ -533,7 +539,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     except ConfigError as error:
         raise UsageError(str(error)) from None
     try:
-        text = render(gather(base, args.range), args.format)
+        text = render(gather(base, args.range, args.by), args.format)
     except StatusError as error:
         if error.usage:
             # The agent names its own parameter (dateRange); the user typed --range.
@@ -568,7 +574,9 @@ def _add_demo(sub: Any) -> None:
             "clients, ZMap, blocked and zero-rated names), show progress, then print the "
             "agent's verdicts. The host's interfaces, routes and firewall are never touched; "
             "everything is removed at the end, on Ctrl-C, on SIGTERM and after errors. Needs "
-            "root, zmap and the [demo] extra (pyroute2, netfilterqueue)."
+            "root, zmap and the [demo] extra (pyroute2, netfilterqueue, maxminddb). The "
+            "clients come from three lab networks and the middlebox sits on one's path: "
+            "the last table shows that network standing out."
         ),
     )
     p.add_argument(
@@ -613,6 +621,14 @@ def _add_demo(sub: Any) -> None:
         metavar="N",
         help="seed for the traffic's random choices (default: %(default)s): the same seed "
         "gives the same mix of behaviours",
+    )
+    p.add_argument(
+        "--ipdb",
+        action="append",
+        metavar="PATH",
+        help="MaxMind DB files naming the clients' networks, as for `run --ipdb` (repeatable; "
+        "default: the lab's own small database, which puts the clients in three networks; "
+        "a real database knows none of the lab's documentation addresses)",
     )
     p.set_defaults(func=cmd_demo)
 

@@ -189,7 +189,7 @@ SETTINGS: tuple[Setting[Any], ...] = (
             "extra); empty: no networks",
             _paths, "PATH"),
     Setting("network_top", 50, "networks and countries with a series of their own in the "
-            "metrics (the busiest; the rest count as other)",
+            "metrics and the history the API filters (the busiest; the rest count as other)",
             _integer(1, 1000), "N"),
 )
 BY_KEY: dict[str, Setting[Any]] = {s.key: s for s in SETTINGS}

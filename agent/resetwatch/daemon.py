@@ -121,7 +121,7 @@ class Agent:
         if config.ipdb:
             try:
                 self.networks = attach(config.ipdb, config.network_top, self.clock, self.counts,
-                                       self.engine, self.registry)  # fmt: skip
+                                       self.engine, self.registry, self.history)  # fmt: skip
             except IpdbError as error:
                 raise StartError(f"ipdb: {error}") from None
         try:

@@ -6,6 +6,13 @@ packet's wall-clock time (the same `last_ts` the records carry), aligned to mult
 `BUCKET_SECONDS` since the Unix epoch. The packet loop writes and the HTTP thread reads, so
 every access holds one lock and readers get a copy (`snapshot`), never the live dicts.
 
+With an IP database (`labels`, set by networks.attach), each judged flow is counted under
+the client network and country labels of the metrics: the top `network_top` networks and
+countries by volume have their own label, the rest count as `other` (networks.py). So the
+history holds per-network counts for the top networks only, and the whole server's counts
+are the sum over labels. `names` (bounded) says each label's AS name and each country's
+continent, and is saved with the buckets.
+
 `HistoryFile` keeps the buckets across restarts as one versioned JSON document, replaced
 atomically (temporary file, fsync, rename). A file that cannot be read is moved aside, never
 overwritten, and the agent starts empty; a failed save is logged once and counted.
@@ -21,13 +28,14 @@ import stat
 import tempfile
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from .classify import Category, Outcome, Stage
 from .event import CountingOutput, FlowEvent
-from .tally import RowsError, Tally
+from .networks import NetworkLabels, NetworkNames
+from .tally import JudgedKey, RowsError, Tally
 
 log = logging.getLogger("resetwatch")
 
@@ -39,6 +47,9 @@ FORMAT = "resetwatch-history"
 MAX_BUCKET_BYTES = 256 << 10
 """The most a bucket's JSON can take (measured buckets take 1 to 3 KiB; a bucket split by
 network labels tens): a file larger than its retention's worth of these is refused unread."""
+
+INTERN_MAX = 1 << 16
+"""Distinct keys shared between buckets at most; beyond, the table starts again."""
 
 VERSION = 2
 """The version this agent writes; `from_document` reads every version up to it."""
@@ -58,6 +69,10 @@ class Snapshot:
     """A consistent copy of some buckets, by start time; nothing else refers to them."""
 
     buckets: dict[int, Tally]
+    names: NetworkNames = field(default_factory=NetworkNames)
+    """What the database called the labels (AS names, countries' continents)."""
+    top: int = 0
+    """How many networks (and countries) get a label of their own; 0 without a database."""
 
     def total(self, start: int, end: int) -> Tally:
         """The sum of the buckets starting in [start, end)."""
@@ -80,12 +95,26 @@ class History(CountingOutput):
         # in a SYN flood every flow is judged, so this path is paid per packet.
         self._hot = Tally()
         self._hot_start = self._hot_end = 0.0
+        self.labels: Optional[NetworkLabels] = None
+        """The network labels shared with the metrics (set by networks.attach)."""
+        self.names = NetworkNames()
+        # One key object for equal keys of different buckets: each flow's key (and verdict)
+        # is a new tuple, and a bucket of per-network keys would otherwise hold its own copy
+        # of each (~200 bytes a key instead of ~45; bench/history.py).
+        self._interned: dict[JudgedKey, JudgedKey] = {}
+
+    def use_labels(self, labels: NetworkLabels) -> None:
+        """Count judged flows under `labels` (those of the metrics), which from now on note
+        the AS names and continents in this history's `names` (kept across restarts)."""
+        labels.names = self.names
+        self.labels = labels
 
     # ---- writing (the packet loop) ------------------------------------------------------
 
     def _bucket(self, wall: float) -> Tally:
         """The bucket of `wall`, created if needed; call with the lock held."""
         start = bucket_start(wall)
+        self._intern(self._hot)  # the bucket that was hot gets few new keys from now on
         bucket = self._buckets.get(start)
         if bucket is None:
             bucket = self._buckets[start] = Tally()
@@ -94,13 +123,24 @@ class History(CountingOutput):
 
     def write(self, event: FlowEvent) -> None:
         wall = self._to_wall(event.flow.last_ts)
+        network, labels = event.network, self.labels
+        asn, country = ("", "") if network is None or labels is None else (
+            labels.labels_of(event, network))
         # acquire/release: half the cost of a `with` block, and this runs once per flow.
         self._lock.acquire()
         try:
             bucket = self._hot if self._hot_start <= wall < self._hot_end else self._bucket(wall)
-            bucket.add(event)
+            bucket.add(event, asn, country)
         finally:
             self._lock.release()
+
+    def _intern(self, bucket: Tally) -> None:
+        """Share `bucket`'s keys with the other buckets'; call with the lock held (every
+        writer and reader of a bucket holds it)."""
+        table = self._interned
+        if len(table) > INTERN_MAX:
+            table.clear()
+        bucket.judged = {table.setdefault(key, key): n for key, n in bucket.judged.items()}
 
     def prune(self, now: float) -> int:
         """Drop buckets that ended more than the retention before `now`; how many."""
@@ -119,22 +159,23 @@ class History(CountingOutput):
             for start, bucket in buckets.items():
                 held = self._buckets.get(start)
                 if held is None:
-                    self._buckets[start] = bucket.copy()
+                    held = self._buckets[start] = bucket.copy()
                 else:
                     held.merge(bucket)
+                self._intern(held)
 
     # ---- reading (any thread) -----------------------------------------------------------
 
     def snapshot(self, start: Optional[int] = None, end: Optional[int] = None) -> Snapshot:
         """A copy of the buckets starting in [start, end) (all of them by default)."""
         with self._lock:
-            return Snapshot(
-                {
-                    begin: bucket.copy()
-                    for begin, bucket in self._buckets.items()
-                    if (start is None or begin >= start) and (end is None or begin < end)
-                }
-            )
+            buckets = {
+                begin: bucket.copy()
+                for begin, bucket in self._buckets.items()
+                if (start is None or begin >= start) and (end is None or begin < end)
+            }
+        labels = self.labels
+        return Snapshot(buckets, self.names.copy(), labels.top if labels is not None else 0)
 
     def __len__(self) -> int:
         with self._lock:
@@ -156,6 +197,7 @@ def to_document(snapshot: Snapshot, saved_at: float) -> dict[str, Any]:
             {"start": start, **bucket.to_rows()}
             for start, bucket in sorted(snapshot.buckets.items())
         ],
+        "names": snapshot.names.to_json(),
     }
 
 
@@ -307,7 +349,8 @@ class HistoryFile:
         if text is None:
             return
         try:
-            buckets, skipped = from_document(json.loads(text))
+            doc = json.loads(text)
+            buckets, skipped = from_document(doc)
         except (ValueError, RecursionError) as error:  # JSONDecodeError, DocumentError
             problem = str(error).splitlines()[0] if str(error) else type(error).__name__
             self._refuse(f"is not a readable history ({problem})")
@@ -322,6 +365,7 @@ class HistoryFile:
             log.warning("history: dropped %d buckets of %s that lie in the future (a clock "
                         "that was ahead?)", len(future), self.path)  # fmt: skip
         history.merge(buckets)
+        history.names.load(doc.get("names"))  # version 2 files of part 1 have none
         dropped = history.prune(now)
         if skipped:
             log.warning("history: ignored %d counts with names this version does not know",

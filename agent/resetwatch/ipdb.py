@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("resetwatch")
 
-FIELDS = ("asn", "as_name", "country", "continent")
+FIELDS = ("asn", "as_name", "country", "continent", "country_name")
 """The fields a `Network` has, in order."""
 
 CACHE_SIZE = 65536
@@ -69,14 +69,17 @@ class Network(NamedTuple):
     """ISO 3166 alpha-2, upper case."""
     continent: Optional[str]
     """Two letters (AF, AN, AS, EU, NA, OC, SA) when a database has it."""
+    country_name: Optional[str] = None
+    """The country's English name (`country.names.en`; IPinfo Lite's `country`), for the
+    API's top lists; never in a label."""
 
     @property
     def found(self) -> bool:
         return any(value is not None for value in self)
 
 
-NO_NETWORK = Network(None, None, None, None)
-_NONE4: list[Any] = [None, None, None, None]
+NO_NETWORK = Network(None, None, None, None, None)
+_NONE: list[Any] = [None] * len(FIELDS)
 
 
 class IpdbFile(NamedTuple):
@@ -146,6 +149,11 @@ def _continent_nested(record: Mapping[str, Any]) -> Optional[str]:
     return _code(_nested(record, "continent", "code"))
 
 
+def _country_name_nested(record: Mapping[str, Any]) -> Optional[str]:
+    names = _nested(record, "country", "names")
+    return _text(names.get("en")) if isinstance(names, dict) else None
+
+
 def _asn_flat(record: Mapping[str, Any]) -> Optional[int]:
     return _as_number(record.get("asn"))
 
@@ -164,13 +172,26 @@ def _continent_flat(record: Mapping[str, Any]) -> Optional[str]:
     return _code(record.get("continent_code")) or _code(record.get("continent"))
 
 
+def _country_name_flat(record: Mapping[str, Any]) -> Optional[str]:
+    # IPinfo Lite's `country` is the name beside `country_code`; alone, it is the code (the
+    # older country_asn file, which has the name in `country_name`).
+    if "country_code" in record:
+        return _text(record.get("country"))
+    return _text(record.get("country_name"))
+
+
 _MAXMIND_ASN: dict[str, Getter] = {"asn": _asn_maxmind, "as_name": _as_name_maxmind}
-_MAXMIND_GEO: dict[str, Getter] = {"country": _country_nested, "continent": _continent_nested}
+_MAXMIND_GEO: dict[str, Getter] = {
+    "country": _country_nested,
+    "continent": _continent_nested,
+    "country_name": _country_name_nested,
+}
 _FLAT: dict[str, Getter] = {
     "asn": _asn_flat,
     "as_name": _as_name_flat,
     "country": _country_flat,
     "continent": _continent_flat,
+    "country_name": _country_name_flat,
 }
 
 # Record keys that show a layout, per field.
@@ -179,12 +200,15 @@ _KEYS: tuple[tuple[str, Callable[[Mapping[str, Any]], bool], Getter], ...] = (
     ("as_name", lambda r: "autonomous_system_organization" in r, _as_name_maxmind),
     ("country", lambda r: isinstance(r.get("country"), dict), _country_nested),
     ("continent", lambda r: isinstance(r.get("continent"), dict), _continent_nested),
+    ("country_name", lambda r: isinstance(r.get("country"), dict), _country_name_nested),
     ("asn", lambda r: "asn" in r, _asn_flat),
     ("as_name", lambda r: "as_name" in r, _as_name_flat),
     ("country", lambda r: "country_code" in r or isinstance(r.get("country"), str),
      _country_flat),
     ("continent", lambda r: "continent_code" in r or isinstance(r.get("continent"), str),
      _continent_flat),
+    ("country_name", lambda r: ("country_code" in r and isinstance(r.get("country"), str))
+     or "country_name" in r, _country_name_flat),
 )
 
 
@@ -481,7 +505,7 @@ class Ipdb:
         ip: ipaddress.IPv4Address | ipaddress.IPv6Address = (
             ipaddress.IPv4Address(address) if len(address) == 4 else ipaddress.IPv6Address(address)
         )
-        values: list[Any] = [None, None, None, None]
+        values: list[Any] = _NONE.copy()
         length: Optional[int] = 0
         v6 = len(address) == 16
         for db in dbs:
@@ -509,7 +533,7 @@ class Ipdb:
                 for index, getter in db.getters:
                     if values[index] is None:
                         values[index] = getter(record)
-        if values == _NONE4:
+        if values == _NONE:
             return NO_NETWORK, length
         return Network(*values), length
 

@@ -69,7 +69,7 @@ class FlowCounts(CountingOutput):
         self.tally.add(event)
         network = event.network
         if network is not None and self.labels is not None:
-            asn, country = self.labels.labels(network)
+            asn, country = self.labels.labels_of(event, network)
             self.networks.add(event, asn, country)
 
     def connections(self) -> dict[tuple[str, Category], int]:

@@ -9,6 +9,13 @@ and countries (topn.py, stable membership) have a series of their own, every oth
 every lookup miss counts as `other`. A network's series starts at 0 when it enters; when it
 leaves, its series ends and its flows count as `other` from then on. `NetworkCollector`
 exports both families from the `FlowCounts.networks` tally, plus what the labels hide.
+
+The history (history.py) counts each judged flow under the same labels as the metrics: the
+labels are computed once per flow (`labels_of` remembers the last event), so the API's
+per-network answers and the metric series agree and membership is decided in one place.
+`NetworkNames` keeps, for the labels only (bounded), the AS name, the country's name and its
+continent as the database gave them: the API's top lists name each row, and the continent
+filter reads a country's continent from the same database that gave the country.
 """
 
 from __future__ import annotations
@@ -16,12 +23,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from .classify import Category
+from .event import FlowEvent
 from .flows import Flow
 from .ipdb import Ipdb, Network
 from .periodic import Every
@@ -30,6 +38,7 @@ from .topn import OTHER, TopN
 
 if TYPE_CHECKING:
     from .engine import Engine
+    from .history import History
     from .metrics import FlowCounts
 
 log = logging.getLogger("resetwatch")
@@ -83,17 +92,78 @@ class Networks:
 
 def attach(
     paths: Sequence[str], top: int, clock: Callable[[], float], counts: FlowCounts,
-    engine: Engine, registry: CollectorRegistry,
+    engine: Engine, registry: CollectorRegistry, history: Optional[History] = None,
 ) -> Networks:
-    """Open the databases and wire them into the engine, the counts and the metrics; say
-    which file answers what. Raises ipdb.IpdbError (one line) when a file cannot be used."""
+    """Open the databases and wire them into the engine, the counts, the history and the
+    metrics; say which file answers what. Raises ipdb.IpdbError (one line) when a file cannot
+    be used."""
     networks = Networks.open(paths, clock)
-    counts.labels = NetworkLabels(top, clock)
+    labels = counts.labels = NetworkLabels(top, clock)
+    if history is not None:
+        history.use_labels(labels)
     engine.network_of = networks.of
     registry.register(NetworkCollector(counts, networks))
     for line in networks.describe():
         log.info("ipdb: %s", line)
     return networks
+
+
+MAX_NAMES = 4096
+"""Names kept per map at most; beyond, the oldest half goes (labels change slowly)."""
+
+
+class NetworkNames:
+    """Bounded maps from labels to what the database said: AS label -> AS name, country ->
+    continent, country -> name. Written by the packet loop for labelled flows only; readers
+    take `copy()`."""
+
+    __slots__ = ("as_name", "continent", "country_name")
+
+    def __init__(self) -> None:
+        self.as_name: dict[str, str] = {}
+        self.continent: dict[str, str] = {}
+        self.country_name: dict[str, str] = {}
+
+    def note(self, asn: str, network: Network, country: str) -> None:
+        # Dict lookups only on the per-flow path; a write when a name is new or changed.
+        if asn != OTHER and network.as_name and self.as_name.get(asn) != network.as_name:
+            _put(self.as_name, asn, network.as_name)
+        if country != OTHER:
+            if network.continent and country not in self.continent:
+                _put(self.continent, country, network.continent)
+            if network.country_name and country not in self.country_name:
+                _put(self.country_name, country, network.country_name)
+
+    def copy(self) -> NetworkNames:
+        out = NetworkNames()
+        out.as_name, out.continent = self.as_name.copy(), self.continent.copy()
+        out.country_name = self.country_name.copy()
+        return out
+
+    def to_json(self) -> dict[str, dict[str, str]]:
+        return {"asName": dict(sorted(self.as_name.copy().items())),
+                "continent": dict(sorted(self.continent.copy().items())),
+                "countryName": dict(sorted(self.country_name.copy().items()))}
+
+    def load(self, doc: Any) -> None:
+        """Add the names of `to_json` output; anything malformed is skipped (names only
+        decorate the answers, they never change a count)."""
+        if not isinstance(doc, dict):
+            return
+        for field, target in (("asName", self.as_name), ("continent", self.continent),
+                              ("countryName", self.country_name)):
+            values = doc.get(field)
+            if isinstance(values, dict):
+                for label, name in list(values.items())[:MAX_NAMES]:
+                    if isinstance(label, str) and isinstance(name, str):
+                        target.setdefault(label, name)
+
+
+def _put(names: dict[str, str], label: str, name: str) -> None:
+    if len(names) >= MAX_NAMES:
+        for old in list(names)[: MAX_NAMES // 2]:
+            del names[old]
+    names[label] = name
 
 
 class NetworkLabels:
@@ -102,15 +172,27 @@ class NetworkLabels:
     def __init__(self, top: int, clock: Callable[[], float]) -> None:
         self.asn = TopN(top, clock=clock)
         self.country = TopN(top, clock=clock)
+        self.top = top
         self.misses = 0
         """Judged flows whose network the databases did not know (counted as other)."""
+        self.names = NetworkNames()
+        self._last: Optional[FlowEvent] = None
+        self._last_labels = (OTHER, OTHER)
 
     def labels(self, network: Network) -> tuple[str, str]:
         asn = self.asn.observe(str(network.asn)) if network.asn is not None else OTHER
         country = self.country.observe(network.country) if network.country else OTHER
         if network.asn is None and network.country is None:
             self.misses += 1
+        self.names.note(asn, network, country)
         return asn, country
+
+    def labels_of(self, event: FlowEvent, network: Network) -> tuple[str, str]:
+        """`labels` of the event's network, computed once per event however many outputs
+        ask (the metrics and the history): a flow is observed once by the top N."""
+        if event is not self._last:
+            self._last, self._last_labels = event, self.labels(network)
+        return self._last_labels
 
 
 def _by_label(field: str) -> Callable[[JudgedKey], tuple[str, Category, str]]:

@@ -48,7 +48,8 @@ def network_rows(tally: Tally, by: str, names: Mapping[str, str]) -> list[dict[s
     for label, part in sorted(per.items(), key=lambda kv: (-kv[1].classified, kv[0])):
         categories = part.categories()
         rows.append({
-            by: (int(label) if by == "asn" else label) if label else None,
+            # "other" (the agent's untracked networks) stays a string; "" is no answer.
+            by: (int(label) if by == "asn" and label.isdigit() else label) if label else None,
             "name": names.get(label) if by == "asn" else None,
             "classified": part.classified,
             "tooSmallToTrust": confidence.too_small(part.classified),
@@ -59,11 +60,17 @@ def network_rows(tally: Tally, by: str, names: Mapping[str, str]) -> list[dict[s
 
 def network_table(tally: Tally, by: str, names: Mapping[str, str]) -> str:
     """The `--by` table: one line per network, shares with the too-small marker."""
+    return rows_table(network_rows(tally, by, names), by)
+
+
+def rows_table(rows: Iterable[Mapping[str, Any]], by: str) -> str:
+    """The `--by` table of `network_rows` output (also as the agent's API serves it)."""
     head = f"  {by:<9}{'flows':>8}  " + "".join(f"{c.value:>14}" for c in Category)
     lines = ["", f"  by {by} (* fewer than {confidence.MIN_TRUSTED_SAMPLES} flows: "
                  "too small to trust)", head]  # fmt: skip
-    for row in network_rows(tally, by, names):
-        label = "unknown" if row[by] is None else (f"AS{row[by]}" if by == "asn" else row[by])
+    for row in rows:
+        value = row[by]
+        label = "unknown" if value is None else (f"AS{value}" if isinstance(value, int) else value)
         mark = "*" if row["tooSmallToTrust"] else " "
         shares = "".join(f"{share_cell(row['shares'][c.value]):>14}" for c in Category)
         name = f"  {row['name']}" if row["name"] else ""

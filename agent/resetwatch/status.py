@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from . import api
+from . import api, report
 from .classify import Category
 from .summary import share_cell
 
@@ -149,15 +149,21 @@ class Status:
     summary: dict[str, Any]
     tags: dict[str, Any]
     health: dict[str, Any]
+    networks: Optional[dict[str, Any]] = None
+    """With `--by`: the agent's /networks answer (per network rows, as replay's)."""
+    by: Optional[str] = None
 
     def as_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "agent": self.agent,
             "range": self.range,
             "summary": self.summary,
             "tags": self.tags,
             "health": self.health,
         }
+        if self.networks is not None:
+            out["networks"] = self.networks
+        return out
 
 
 def _last_packet_age(samples: Samples) -> Optional[float]:
@@ -189,12 +195,14 @@ def _health(samples: Samples) -> dict[str, Any]:
     }
 
 
-def gather(base: str, date_range: str) -> Status:
-    """Everything `status` shows, from the agent at `base` (raises `StatusError`)."""
+def gather(base: str, date_range: str, by: Optional[str] = None) -> Status:
+    """Everything `status` shows, from the agent at `base` (raises `StatusError`); with
+    `by` (asn or country) also the per-network rows."""
     query = {"dateRange": date_range}
     summary = _api(base, api.SUMMARY, query)
     tags = _api(base, api.TAGS, query)
-    return Status(base, date_range, summary, tags, _health(_metrics(base)))
+    networks = _api(base, api.NETWORKS, {**query, "by": by}) if by else None
+    return Status(base, date_range, summary, tags, _health(_metrics(base)), networks, by)
 
 
 # ---- the table --------------------------------------------------------------------------------
@@ -284,7 +292,20 @@ def table(status: Status) -> str:
         rows.append(("history saves failed", f"{_int(health['historySaveErrors'])} (see log)"))
     lines.append("")
     lines += [f"  {name + ':':<23}{value}" for name, value in rows]
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    if status.networks is not None and status.by:
+        text += _network_lines(status.networks, status.by)
+    return text
+
+
+def _network_lines(answer: dict[str, Any], by: str) -> str:
+    """replay's `--by` table, from the agent's rows; says when it keeps no networks."""
+    tracked = answer["meta"].get("tracked", 0)
+    if not tracked:
+        return f"\n  by {by}: the agent has no IP database (ipdb), so no per-network counts\n"
+    note = (f"  the {tracked} busiest networks and countries have rows of their own; the rest "
+            "count as other\n")
+    return report.rows_table(answer[f"by_{by}"], by) + note
 
 
 def render(status: Status, fmt: str) -> str:

@@ -4,7 +4,10 @@ surviving a restart.
 One lab and one agent for the module (sampling every connection, a state_dir in tmp): a few
 client behaviours of both families, then the API's answers are compared with the agent's own
 records file; the agent is stopped with SIGTERM and started again on the same state_dir, and
-its API must still hold the counts. Needs root, iproute2, iptables, curl; skips otherwise.
+its API must still hold the counts. A test database (mmdb-writer) puts the lab client's IPv4
+address in AS64600 (DE) and its IPv6 address in AS64601 (JP), so the network filters, their
+exclusions and the top lists can be checked against the records too, before and after the
+restart. Needs root, iproute2, iptables, curl; skips otherwise.
 Waits poll with generous limits; nothing asserts on elapsed time.
 """
 
@@ -13,10 +16,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, Callable
 
 import pytest
@@ -40,6 +45,7 @@ TOOLS = ("ip", "iptables", "ip6tables", "iptables-save", "curl")
 SUMMARY = "/api/v1/tcp_resets_timeouts/summary"
 TIMESERIES = "/api/v1/tcp_resets_timeouts/timeseries_groups"
 TAGS = "/api/v1/tags"
+TOP = "/api/v1/tcp_resets_timeouts/top"
 FIELDS = ("post_syn", "post_ack", "post_psh", "later_in_flow", "no_match")
 RECORD_WAIT_S = 40.0
 EXIT_WAIT_S = 5.0
@@ -92,6 +98,7 @@ class Live:
     """Path and query -> (status, body), while the first agent ran."""
     after_restart: dict[str, tuple[int, str]] = field(default_factory=dict)
     status_out: str = ""
+    status_by: str = ""
     status_code: int = -1
     first_exit: int = -1
     second_exit: int = -1
@@ -105,8 +112,44 @@ QUERIES = [
     f"{TIMESERIES}?dateRange=1h",
     f"{TAGS}?dateRange=1h",
     f"{SUMMARY}?dateRange=9x",
-    f"{SUMMARY}?asn=13335",
+    f"{SUMMARY}?asn=cogent",
 ]
+NETWORK_QUERIES = [
+    f"{SUMMARY}?dateRange=1h&asn=64600",
+    f"{SUMMARY}?dateRange=1h&asn=-64600",
+    f"{SUMMARY}?dateRange=1h&location=JP",
+    f"{SUMMARY}?dateRange=1h&continent=EU",
+    f"{SUMMARY}?dateRange=1h&asn=3356",
+    f"{TAGS}?dateRange=1h&asn=AS64601",
+    f"{TOP}/ases?dateRange=1h&category=no_match",
+    f"{TOP}/locations?dateRange=1h&category=no_match&format=csv",
+    "/client/v4/radar/tcp_resets_timeouts/summary?dateRange=1h&location=DE",
+    f"{SUMMARY}?dateRange=1h&location=Germany",
+    f"{SUMMARY}?dateRange=1h&asn=-64600,-64601",
+]
+NETWORK_OF_FAMILY = {4: (64600, "DE"), 6: (64601, "JP")}
+FIRST = (46001, 46002)
+"""The first flow of each network, sent alone: a network gets its own label when the top
+list is next recomputed, so these two count as `other` (a new member starts at 0)."""
+
+
+def lab_database(path: Path, lab: Lab) -> Path:
+    """The lab client's two addresses as two networks (IPinfo Lite's flat layout)."""
+    mmdb_writer = pytest.importorskip("mmdb_writer")
+    from netaddr import IPSet
+
+    writer = mmdb_writer.MMDBWriter(ip_version=6, ipv4_compatible=True,
+                                    database_type="ipinfo lite.mmdb", languages=["en"],
+                                    description="resetwatch lab test database")  # fmt: skip
+    for family, continent in ((4, "EU"), (6, "AS")):
+        asn, country = NETWORK_OF_FAMILY[family]
+        prefix = "/24" if family == 4 else "/64"
+        writer.insert_network(IPSet([lab.client_addr(family) + prefix]), {
+            "asn": f"AS{asn}", "as_name": f"Lab Net {asn}", "country_code": country,
+            "country": {"DE": "Germany", "JP": "Japan"}[country], "continent_code": continent,
+        })
+    writer.to_db_file(str(path))
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -116,9 +159,21 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     with Lab(tag="api") as lab:
         start_server(lab)
         flags = agent_flags(lab, backend="iptables", records=records, state_dir=state)
+        flags += ["--ipdb", str(lab_database(tmp / "lab.mmdb", lab))]
         agent = start_agent(lab, flags, tmp / "first.log", records=records)
-        for action in ACTIONS.values():
-            action(lab)
+        for sport in FIRST:
+            ACTIONS[sport](lab)
+        wait_until(
+            lambda: set(FIRST) <= set(agent.records_by_sport()),
+            RECORD_WAIT_S,
+            "a record of each network's first flow",
+            details=agent.log_text,
+        )
+        # Membership of the top networks is recomputed each second: the next flow sees both.
+        time.sleep(1.5)
+        for sport, action in ACTIONS.items():
+            if sport not in FIRST:
+                action(lab)
         wait_until(
             lambda: set(ACTIONS) <= set(agent.records_by_sport()),
             RECORD_WAIT_S,
@@ -126,16 +181,18 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
             details=agent.log_text,
         )
         result = Live(records=agent.records())
-        for path in QUERIES:
+        for path in QUERIES + NETWORK_QUERIES:
             result.answers[path] = fetch(agent, path)
         proc = cli(lab, "status", "--agent", agent.url(""), "--range", "1h")
         result.status_out, result.status_code = proc.stdout + proc.stderr, proc.returncode
+        proc = cli(lab, "status", "--agent", agent.url(""), "--range", "1h", "--by", "asn")
+        result.status_by = proc.stdout + proc.stderr
         result.first_exit = agent.stop(EXIT_WAIT_S)
         history = state / "history.json"
         result.history_file = history.read_text() if history.exists() else ""
 
         again = start_agent(lab, flags, tmp / "second.log", records=records)
-        for path in QUERIES[:1]:
+        for path in QUERIES[:1] + NETWORK_QUERIES[:1]:
             result.after_restart[path] = fetch(again, path)
         result.second_exit = again.stop(EXIT_WAIT_S)
         result.logs = agent.log_text() + again.log_text()
@@ -220,3 +277,98 @@ def test_status_prints_the_table(live: Live) -> None:
     assert "sampling probability:  1 (every connection)" in out
     assert "rules:                 present" in out
     assert "flows held:" in out and "last packet:" in out
+
+
+# ---- per network ---------------------------------------------------------------------------
+
+
+def _judged_by_family(live: Live, labelled: bool = True) -> dict[int, list[dict[str, Any]]]:
+    """The judged records per family; `labelled`: without the networks' first flows (those
+    count as `other` in the history, see FIRST)."""
+    out: dict[int, list[dict[str, Any]]] = {4: [], 6: []}
+    for record in live.records:
+        if "category" in record and not (labelled and record["sport"] in FIRST):
+            out[int(record["family"])].append(record)
+    return out
+
+
+def test_records_carry_the_lab_networks(live: Live) -> None:
+    for family, records in _judged_by_family(live, labelled=False).items():
+        assert records, family
+        for record in records:
+            assert (record["asn"], record["country"]) == NETWORK_OF_FAMILY[family], record
+
+
+@pytest.mark.parametrize("query,families", [
+    (NETWORK_QUERIES[0], (4,)), (NETWORK_QUERIES[1], (6,)), (NETWORK_QUERIES[2], (6,)),
+    (NETWORK_QUERIES[3], (4,)), (NETWORK_QUERIES[4], ()), (NETWORK_QUERIES[8], (4,)),
+])  # fmt: skip
+def test_filters_and_exclusions_agree_with_the_records(
+    live: Live, query: str, families: tuple[int, ...]
+) -> None:
+    by_family = _judged_by_family(live)
+    kept = [r for f in families for r in by_family[f]]
+    if "asn=-" in query:  # an exclusion keeps `other`: the networks' first flows
+        kept += [r for r in live.records if r["sport"] in FIRST]
+    result = _json(live.answers[query])
+    counts = result["meta"]["counts"]["summary_0"]
+    assert counts["classified"] == len(kept)
+    assert counts["categories"] == {c: sum(r["category"] == c for r in kept) for c in FIELDS}
+    assert result["summary_0"] == percent_shares(counts["categories"])
+    if not families:
+        assert any("AS3356" in note for note in result["meta"]["networks"]["notes"])
+
+
+def test_first_flows_of_a_new_network_count_as_other(live: Live) -> None:
+    """asn=-64600,-64601 keeps `other` only: the two first flows."""
+    result = _json(live.answers[NETWORK_QUERIES[10]])
+    first = [r for r in live.records if r["sport"] in FIRST]
+    assert result["meta"]["counts"]["summary_0"]["classified"] == len(first) == 2
+    assert any("'other'" in note for note in result["meta"]["networks"]["notes"])
+
+
+def test_tags_filtered(live: Live) -> None:
+    six = _judged_by_family(live)[6]
+    rows = _json(live.answers[NETWORK_QUERIES[5]])["tags"]
+    for row in rows:
+        assert row["count"] == sum(row["tag"] in r["tags"] for r in six), row
+
+
+def test_top_lists_rank_and_name_the_networks(live: Live) -> None:
+    by_family = _judged_by_family(live)
+    result = _json(live.answers[NETWORK_QUERIES[6]])
+    rows = result["top_0"]
+    share = {f: sum(r["category"] == "no_match" for r in rs) / len(rs)
+             for f, rs in by_family.items()}
+    # Every row too small to trust: by share, then sample size, then label (netquery.py).
+    order = sorted((4, 6), key=lambda f: (-share[f], -len(by_family[f]),
+                                          str(NETWORK_OF_FAMILY[f][0])))
+    assert [r["clientASN"] for r in rows] == [NETWORK_OF_FAMILY[f][0] for f in order]
+    assert {r["clientASName"] for r in rows} == {"Lab Net 64600", "Lab Net 64601"}
+    assert all(r["tooSmallToTrust"] for r in rows)  # a handful of flows each
+    assert {r["classified"] for r in rows} == {len(by_family[4]), len(by_family[6])}
+    status, text = live.answers[NETWORK_QUERIES[7]]
+    assert status == 200
+    countries = {row["clientCountryAlpha2"]: row["clientCountryName"]
+                 for row in csv.DictReader(io.StringIO(text))}
+    assert countries == {"DE": "Germany", "JP": "Japan"}
+
+
+def test_a_bad_filter_value_is_400_naming_it(live: Live) -> None:
+    status, body = live.answers[NETWORK_QUERIES[9]]
+    assert status == 400 and json.loads(body)["errors"][0]["message"].startswith("location: ")
+
+
+def test_per_network_counts_survive_a_restart(live: Live) -> None:
+    saved = json.loads(live.history_file)
+    labels = {row[5] for bucket in saved["buckets"] for row in bucket["judged"]}
+    assert labels == {"64600", "64601", "other"}
+    assert saved["names"]["asName"] == {"64600": "Lab Net 64600", "64601": "Lab Net 64601"}
+    query = NETWORK_QUERIES[0]
+    before = _json(live.answers[query])["meta"]["counts"]
+    assert _json(live.after_restart[query])["meta"]["counts"] == before
+
+
+def test_status_by_asn_prints_the_networks(live: Live) -> None:
+    out = live.status_by
+    assert "by asn" in out and "Lab Net 64600" in out and "Lab Net 64601" in out, out

@@ -252,6 +252,30 @@ def test_zero_rated_connections_are_post_ack_timeouts(finished: Finished) -> Non
         }, record
 
 
+def test_the_tampered_network_stands_out(finished: Finished) -> None:
+    """The clients come from three lab networks (the demo's own database); the middlebox is
+    on one's path only: its connections alone carry the injected and dropped verdicts, and
+    the demo's last table shows its Post-ACK and Post-PSH shares far above the others'."""
+    tampered = 64512
+    for action in ("blocked_tls", "forbidden_http", "zero_rated"):
+        for _, record in finished.flows(action):
+            assert record["asn"] == tampered and record["country"] == "DE", record
+    anomalous: dict[Any, list[int]] = {}
+    for record in finished.records:
+        if "category" in record:
+            counts = anomalous.setdefault(record["asn"], [0, 0])
+            counts[0] += record["category"] in ("post_ack", "post_psh")
+            counts[1] += 1
+    share = {asn: bad / total for asn, (bad, total) in anomalous.items() if asn is not None}
+    assert set(share) == {64512, 64513, 64514}, share
+    assert all(share[tampered] > 2 * share[asn] for asn in share if asn != tampered), share
+    table = finished.output.split("per client network", 1)[1]
+    rows = {line.split()[0]: line for line in table.splitlines() if line.strip()[:2] == "AS"}
+    assert set(rows) >= {"AS64512", "AS64513", "AS64514"} and "Demo Mobile" in rows["AS64512"]
+    assert re.search(r'^resetwatch_network_connections_total\{[^}]*asn="64512"', finished.metrics,
+                     re.MULTILINE)
+
+
 def test_zmap_probes_are_tagged(finished: Finished) -> None:
     for _, record in finished.flows("zmap"):
         assert record["category"] == "post_syn" and "zmap" in record["tags"], record

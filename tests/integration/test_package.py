@@ -59,7 +59,7 @@ def test_wheel_and_sdist_carry_the_license_and_the_wheel_writes_the_assets(
         (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
         wheel_meta = whl.read(metadata).decode()
     for name in ("resetwatch/py.typed", "resetwatch/assets/resetwatch.service",
-                 "resetwatch/assets/resetwatch.rules.test.yml"):
+                 "resetwatch/assets/resetwatch.rules.test.yml", "resetwatch/demo/lab.mmdb"):
         assert name in names, name
     for meta in (sdist_meta, wheel_meta):
         assert "License-Expression: Apache-2.0" in meta

@@ -133,9 +133,11 @@ ERRORS = [
     ("aggInterval=1h&aggInterval=1d", "aggInterval", "give one value"),
     ("format=xml", "format", "not one of json, csv"),
     ("format=json&format=csv", "format", "give one value"),
-    ("asn=13335", "asn", "no per-ASN breakdown"),
-    ("location=US", "location", "no per-location breakdown"),
-    ("continent=EU", "continent", "no per-continent breakdown"),
+    ("asn=cogent", "asn", "not an AS number"),
+    ("asn=174,-x", "asn", "not an AS number"),
+    ("location=USA", "location", "not an ISO 3166 alpha-2"),
+    ("location=-1", "location", "not an ISO 3166 alpha-2"),
+    ("continent=Europe", "continent", "not a continent code"),
     ("name=a,b", "name", "2 names for 1 series"),
     ("name=meta", "name", "cannot name a series"),
     ("name=" + "x" * 65, "name", "at most 64"),
@@ -359,8 +361,10 @@ def test_routes_read_the_live_history() -> None:
     routes = api.routes(history, lambda: NOW, lambda: 0.5)
     radar = "/client/v4/radar/tcp_resets_timeouts"
     assert set(routes) == {api.SUMMARY, api.TIMESERIES, api.TAGS, api.SIGNATURES,
+                           api.NETWORKS, api.TOP_ASES, api.TOP_LOCATIONS,
                            radar + "/summary", radar + "/timeseries_groups", radar + "/tags",
-                           radar + "/signatures"}
+                           radar + "/signatures", radar + "/networks", radar + "/top/ases",
+                           radar + "/top/locations"}
     _, _, twin = routes[radar + "/summary"](query("dateRange=1h"))
     assert json.loads(twin) == json.loads(routes[api.SUMMARY](query("dateRange=1h"))[2])
     status, _, body = routes[api.SUMMARY](query("dateRange=1h"))

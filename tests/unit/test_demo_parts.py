@@ -102,8 +102,8 @@ def test_openssl_reads_the_sni_of_our_client_hello() -> None:
 class Box(Middlebox):
     """Runs forgeries at once and keeps them instead of sending."""
 
-    def __init__(self, rules: dict[str, str]) -> None:
-        super().__init__([S4, S6], rules)
+    def __init__(self, rules: dict[str, str], only: tuple[str, ...] = ()) -> None:
+        super().__init__([S4, S6], rules, only)
         self.sent: list[wire.Segment] = []
 
     def later(self, delay: float, work: Any, *args: Any) -> None:
@@ -186,6 +186,65 @@ def test_other_names_pass_and_are_forgotten() -> None:
     assert box.verdict(wire.build(C4, "192.0.2.1", 1, 80, seq=0, flags=wire.SYN))
 
 
+@pytest.mark.parametrize("client,server", [("198.51.100.11", S4), ("2001:db8:c::12", S6)])
+def test_only_the_tampered_networks_clients_are_tampered_with(client: str, server: str) -> None:
+    from resetwatch.demo import networks
+
+    box = Box({"free-video.example": "drop"}, networks.TAMPERED.prefixes)
+    request = b"GET /v.mp4 HTTP/1.1\r\nHost: free-video.example\r\n\r\n"
+    _handshake(box, client, server, 41003)
+    assert not box.verdict(_data(client, server, 41003, request))  # behind the middlebox
+    other = "198.51.100.20" if ":" not in client else "2001:db8:c::15"
+    _handshake(box, other, server, 41004)
+    assert box.verdict(_data(other, server, 41004, request))  # another network: untouched
+    assert box.flows.get((other, 41004, server, 80)) is None
+
+
+def test_the_lab_database_puts_the_clients_in_three_networks() -> None:
+    import ipaddress
+
+    pytest.importorskip("maxminddb")
+    from resetwatch.demo import lab, networks
+    from resetwatch.ipdb import Ipdb
+
+    db = Ipdb([str(networks.DATABASE)])
+    try:
+        seen = {}
+        for address in (*lab.CLIENTS4, *lab.CLIENTS6):
+            network = db.lookup(ipaddress.ip_address(address).packed)
+            owner = next(n for n in networks.NETWORKS if n.holds(address))
+            assert (network.asn, network.country) == (owner.asn, owner.country)
+            seen.setdefault(owner.asn, []).append(address)
+        assert len(seen) == 3 and all(len(v) >= 4 for v in seen.values())
+        assert not db.lookup(ipaddress.ip_address(lab.SPOOFED4).packed).found
+    finally:
+        db.close()
+
+
+def test_the_lab_database_is_what_its_generator_writes(tmp_path: Path) -> None:
+    pytest.importorskip("mmdb_writer")
+    from resetwatch.demo import networks
+
+    networks.write(tmp_path / "lab.mmdb")
+    assert (tmp_path / "lab.mmdb").read_bytes() == networks.DATABASE.read_bytes()
+
+
+def test_tampered_visits_come_from_the_tampered_network() -> None:
+    from resetwatch.demo import lab, networks
+    from resetwatch.demo.traffic import TAMPERED_ACTIONS, Clients
+
+    spec = {"seed": 3, "clients4": list(lab.CLIENTS4), "clients6": list(lab.CLIENTS6),
+            "tampered4": networks.members(networks.TAMPERED, lab.CLIENTS4),
+            "tampered6": networks.members(networks.TAMPERED, lab.CLIENTS6),
+            "server4": lab.SERVER4, "server6": lab.SERVER6}
+    clients = Clients(spec)
+    for _ in range(50):
+        for action in TAMPERED_ACTIONS:
+            assert networks.TAMPERED.holds(clients.plan(action).src)
+    sources = {clients.plan("page").src for _ in range(200)}
+    assert any(not networks.TAMPERED.holds(s) for s in sources)
+
+
 # ------------------------------------------------------------------------------- reports
 
 
@@ -208,6 +267,27 @@ def test_summary_from_records_gives_the_replay_table() -> None:
     assert summary.excluded_total == 1
     table = summary_table(summary, title="t")
     assert "post_psh" in table and "ttl_mismatch" in table and "truncated" in table
+
+
+def test_network_summary_of_records_stands_the_tampered_network_out() -> None:
+    from resetwatch.demo.session import network_summary
+    from resetwatch.report import network_rows
+
+    def record(asn: Any, category: str, stage: str, outcome: str) -> dict[str, Any]:
+        return {"family": 4, "stage": stage, "outcome": outcome, "category": category,
+                "tags": [], "asn": asn, "as_name": f"Net {asn}" if asn else None,
+                "country": "DE" if asn else None}
+
+    records = ([record(64512, "post_ack", "post_ack", "timeout")] * 30
+               + [record(64512, "no_match", "later", "closed")] * 10
+               + [record(64513, "no_match", "later", "closed")] * 40
+               + [record(None, "post_syn", "post_syn", "timeout")] * 5
+               + [{"family": 4, "excluded": "no_syn"}])
+    tally, names = network_summary(records)
+    assert names == {"64512": "Net 64512", "64513": "Net 64513"}
+    rows = {r["asn"]: r for r in network_rows(tally, "asn", names)}
+    assert rows[64512]["shares"]["post_ack"] == "75"
+    assert rows[64513]["shares"]["post_ack"] == "0" and rows[None]["classified"] == 5
 
 
 def test_verdict_table_joins_clients_and_records() -> None:

@@ -129,16 +129,18 @@ def test_geolite2_test_files_ipv4_and_ipv6() -> None:
     db = Ipdb([GEOLITE_ASN, GEOLITE_COUNTRY])
     assert db.describe() == [
         "GeoLite2-ASN-Test.mmdb: asn, as_name (GeoLite2-ASN, built 2026-02-04)",
-        "GeoLite2-Country-Test.mmdb: country, continent (GeoLite2-Country, built 2026-02-04)",
+        "GeoLite2-Country-Test.mmdb: country, continent, country_name (GeoLite2-Country, "
+        "built 2026-02-04)",
     ]
-    assert db.fields == ("asn", "as_name", "country", "continent")
-    assert db.lookup(packed("89.160.20.113")) == Network(29518, "Bredband2 AB", "SE", "EU")
+    assert db.fields == ("asn", "as_name", "country", "continent", "country_name")
+    assert db.lookup(packed("89.160.20.113")) == Network(
+        29518, "Bredband2 AB", "SE", "EU", "Sweden")
     # The ASN file has a number but no organization here.
-    assert db.lookup(packed("216.160.83.57")) == Network(209, None, "US", "NA")
+    assert db.lookup(packed("216.160.83.57")) == Network(209, None, "US", "NA", "United States")
     # Only one of the two files knows these.
     assert db.lookup(packed("1.128.0.1")) == Network(1221, "Telstra Pty Ltd", None, None)
-    assert db.lookup(packed("2.125.160.216")) == Network(None, None, "GB", "EU")
-    assert db.lookup(packed("2001:218::1")) == Network(None, None, "JP", "AS")
+    assert db.lookup(packed("2.125.160.216")) == Network(None, None, "GB", "EU", "United Kingdom")
+    assert db.lookup(packed("2001:218::1")) == Network(None, None, "JP", "AS", "Japan")
     assert db.lookup(packed("2001:1700::1")) == Network(
         6730, "Sunrise Communications AG", None, None)
     assert db.lookup(packed("1.1.1.1")) is NO_NETWORK
@@ -152,8 +154,9 @@ def test_geolite2_test_files_ipv4_and_ipv6() -> None:
 def test_geolite2_city_answers_country_and_continent() -> None:
     db = Ipdb([GEOLITE_CITY])
     assert db.describe() == [
-        "GeoLite2-City-Test.mmdb: country, continent (GeoLite2-City, built 2026-02-04)"]
-    assert db.lookup(packed("81.2.69.160")) == Network(None, None, "GB", "EU")
+        "GeoLite2-City-Test.mmdb: country, continent, country_name (GeoLite2-City, "
+        "built 2026-02-04)"]
+    assert db.lookup(packed("81.2.69.160")) == Network(None, None, "GB", "EU", "United Kingdom")
     assert db.lookup(packed("2001:218::1")).country == "JP"
 
 
@@ -162,15 +165,16 @@ def test_dbip_lite_asn_and_country(tmp_path: Path) -> None:
                dbip_country(tmp_path / "dbip-country-lite.mmdb")])
     assert db.describe() == [
         "dbip-asn-lite.mmdb: asn, as_name (DBIP-ASN-Lite (compat=GeoLite2-ASN), built 2026-11-28)",
-        "dbip-country-lite.mmdb: country, continent (DBIP-Country-Lite, built 2026-11-28)",
+        "dbip-country-lite.mmdb: country, continent, country_name (DBIP-Country-Lite, "
+        "built 2026-11-28)",
     ]
-    assert db.lookup(packed("192.0.2.77")) == Network(64500, "Lab Net A", "DE", "EU")
+    assert db.lookup(packed("192.0.2.77")) == Network(64500, "Lab Net A", "DE", "EU", "Germany")
     assert db.lookup(packed("198.51.100.1")) == Network(
         4200000001, "Lab Net B (32-bit ASN)", None, None)
     assert db.lookup(packed("198.51.100.200")) is NO_NETWORK  # outside the /25
-    assert db.lookup(packed("203.0.113.9")) == Network(None, None, "NZ", "OC")
+    assert db.lookup(packed("203.0.113.9")) == Network(None, None, "NZ", "OC", "New Zealand")
     assert db.lookup(packed("2001:db8:a:1::5")) == Network(64500, "Lab Net A", None, None)
-    assert db.lookup(packed("2001:db8:b::1")) == Network(None, None, "JP", "AS")
+    assert db.lookup(packed("2001:db8:b::1")) == Network(None, None, "JP", "AS", "Japan")
     assert db.lookup(packed("2001:db8:d::1")) is NO_NETWORK
 
 
@@ -179,11 +183,13 @@ def test_ipinfo_lite_flat_layout_found_by_its_keys(tmp_path: Path, database_type
     db = Ipdb([ipinfo_lite(tmp_path / "ipinfo_lite.mmdb", database_type)])
     kind = database_type or "untyped"
     assert db.describe() == [
-        f"ipinfo_lite.mmdb: asn, as_name, country, continent ({kind}, built 2026-11-28)"]
-    assert db.lookup(packed("192.0.2.1")) == Network(174, "Cogent Communications", "CA", "NA")
+        f"ipinfo_lite.mmdb: asn, as_name, country, continent, country_name ({kind}, "
+        "built 2026-11-28)"]
+    assert db.lookup(packed("192.0.2.1")) == Network(
+        174, "Cogent Communications", "CA", "NA", "Canada")
     assert db.lookup(packed("2001:db8:c:ffff::1")) == Network(
-        2519, "ARTERIA Networks Corporation", "JP", "AS")
-    assert db.lookup(packed("203.0.113.1")) == Network(None, None, "AU", "OC")
+        2519, "ARTERIA Networks Corporation", "JP", "AS", "Japan")
+    assert db.lookup(packed("203.0.113.1")) == Network(None, None, "AU", "OC", "Australia")
     assert db.lookup(packed("10.0.0.1")) is NO_NETWORK
 
 
@@ -194,7 +200,7 @@ def test_ipinfo_country_asn_layout_has_codes_in_country(tmp_path: Path) -> None:
                          "continent_name": "Asia", "asn": "as2519", "as_name": "ARTERIA",
                          "as_domain": "arteria-net.com"},
     })
-    assert Ipdb([path]).lookup(packed("192.0.2.1")) == Network(2519, "ARTERIA", "JP", "AS")
+    assert Ipdb([path]).lookup(packed("192.0.2.1")) == Network(2519, "ARTERIA", "JP", "AS", "Japan")
 
 
 def test_bad_values_are_no_answer_not_labels(tmp_path: Path) -> None:
@@ -214,8 +220,8 @@ def test_ipv4_only_file_answers_no_ipv6(tmp_path: Path) -> None:
         "192.0.2.0/24": {"autonomous_system_number": 65001},
     }, ip_version=4)
     db = Ipdb([v4, path])
-    assert db.lookup(packed("192.0.2.1")) == Network(65001, None, "DE", "EU")
-    assert db.lookup(packed("2001:db8:b::1")) == Network(None, None, "JP", "AS")
+    assert db.lookup(packed("192.0.2.1")) == Network(65001, None, "DE", "EU", "Germany")
+    assert db.lookup(packed("2001:db8:b::1")) == Network(None, None, "JP", "AS", "Japan")
     assert db.lookup(packed("2001:db8:a::1")) is NO_NETWORK
 
 
@@ -224,15 +230,16 @@ def test_first_file_answering_a_field_wins_and_later_files_are_skipped(tmp_path:
     asn = dbip_asn(tmp_path / "dbip-asn.mmdb")
     country = dbip_country(tmp_path / "dbip-country.mmdb")
     db = Ipdb([both, asn, country])
-    # IPinfo answers all four fields for 192.0.2.0/24: the DB-IP files are not asked.
-    assert db.lookup(packed("192.0.2.1")) == Network(174, "Cogent Communications", "CA", "NA")
+    # IPinfo answers every field for 192.0.2.0/24: the DB-IP files are not asked.
+    assert db.lookup(packed("192.0.2.1")) == Network(
+        174, "Cogent Communications", "CA", "NA", "Canada")
     assert db.db_lookups == 1
     # IPinfo has no AS for 203.0.113.0/24: the DB-IP ASN file is asked (and has none), the
     # country file is not (IPinfo answered both of its fields).
-    assert db.lookup(packed("203.0.113.1")) == Network(None, None, "AU", "OC")
+    assert db.lookup(packed("203.0.113.1")) == Network(None, None, "AU", "OC", "Australia")
     assert db.db_lookups == 3
     assert Ipdb([country, both]).lookup(packed("192.0.2.1")) == Network(
-        174, "Cogent Communications", "DE", "EU")
+        174, "Cogent Communications", "DE", "EU", "Germany")
 
 
 # --- files that cannot be used ------------------------------------------------------------
@@ -483,7 +490,7 @@ def test_reopen_opens_every_file_again_and_keeps_a_bad_one(tmp_path: Path) -> No
     replace(country, lambda tmp: tmp.write_bytes(b"garbage"))
     assert db.reopen() is True  # the ASN file was reopened; the country file refused
     assert db.reload_failures == 1
-    assert db.lookup(packed("192.0.2.1")) == Network(64500, "Lab Net A", "DE", "EU")
+    assert db.lookup(packed("192.0.2.1")) == Network(64500, "Lab Net A", "DE", "EU", "Germany")
 
 
 def test_file_rewritten_in_place_with_garbage_leaves_the_loaded_copy_intact(
@@ -497,7 +504,7 @@ def test_file_rewritten_in_place_with_garbage_leaves_the_loaded_copy_intact(
     assert list(copies.iterdir()) == []  # each copy is unlinked once open
     Path(country).write_bytes(b"garbage")  # in place: same inode
     assert db.maybe_reload() is False
-    assert db.lookup(packed("192.0.2.1")) == Network(64500, "Lab Net A", "DE", "EU")
+    assert db.lookup(packed("192.0.2.1")) == Network(64500, "Lab Net A", "DE", "EU", "Germany")
     assert db.lookup_errors == 0
     replace(asn, lambda tmp: dbip_asn(tmp, asn=64501))
     assert db.maybe_reload() is True

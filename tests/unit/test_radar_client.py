@@ -144,3 +144,47 @@ def test_replay_json_parses_as_the_clients_summary(tmp_path: Any) -> None:
     parsed = TCPResetsTimeoutSummaryResponse.model_validate(body["result"], strict=False)
     assert parsed.meta.date_range[0].start_time <= parsed.meta.date_range[0].end_time
     assert parsed.meta.last_updated == parsed.meta.date_range[0].end_time
+
+
+@pytest.fixture(scope="module")
+def networked_agent() -> Iterator[str]:
+    import time
+
+    from .test_api_networks import networked
+
+    server = HttpServer(
+        ("127.0.0.1", 0), build_registry(FlowCounts(), AgentHealth()), lambda: (True, "ok")
+    )
+    server.routes.update(api.routes(networked(time.time()), time.time, lambda: 0.0001))
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{server.port}/client/v4"
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("filters,post_ack,classified", [
+    ({"asn": ["64500"]}, 75.0, 200),
+    ({"asn": ["-64500", "-64502"]}, 4.0, 250),
+    ({"location": ["DE", "JP"]}, 38.10, 420),
+    ({"continent": ["EU"]}, 68.61, 223),
+    ({"asn": ["3356"]}, 0.0, 0),
+])  # fmt: skip
+def test_filtered_answers_parse_strictly(
+    networked_agent: str, filters: dict[str, list[str]], post_ack: float, classified: int
+) -> None:
+    radar = client(networked_agent).radar.tcp_resets_timeouts
+    result = radar.summary(date_range=["1d"], **filters)
+    assert isinstance(result, TCPResetsTimeoutSummaryResponse)
+    assert float(result.summary_0.post_ack) == pytest.approx(post_ack, abs=0.01)
+    raw = radar.with_raw_response.timeseries_groups(date_range=["1d"], agg_interval="1h",
+                                                    **filters)
+    assert isinstance(raw.parse(), TCPResetsTimeoutTimeseriesGroupsResponse)
+    counts = json.loads(raw.http_response.text)["result"]["meta"]["counts"]["serie_0"]
+    assert sum(counts["classified"]) == classified
+
+
+def test_a_bad_filter_is_the_clients_bad_request(networked_agent: str) -> None:
+    with pytest.raises(cloudflare.BadRequestError) as caught:
+        client(networked_agent).radar.tcp_resets_timeouts.summary(location=["Germany"])
+    assert "location" in str(caught.value)

@@ -177,3 +177,57 @@ def test_an_answer_of_another_shape_is_one_line(capsys: pytest.CaptureFixture[st
         server.stop()
     assert (code, out) == (1, "")
     assert err.count("\n") == 1 and "cannot read" in err and "Traceback" not in err, err
+
+
+@pytest.fixture
+def networked_agent() -> Iterator[str]:
+    from resetwatch.networks import NetworkLabels
+
+    from .test_api_networks import NOW as NETWORKS_NOW
+    from .test_api_networks import networked
+
+    history = networked()
+    history.use_labels(NetworkLabels(50, lambda: 0.0))
+    health = AgentHealth(probability=0.0001, max_flows=5000)
+    server = HttpServer(("127.0.0.1", 0), build_registry(FlowCounts(), health),
+                        lambda: (True, "ok"))  # fmt: skip
+    server.routes.update(api.routes(history, lambda: NETWORKS_NOW, lambda: 0.0001))
+    server.start()
+    yield f"http://127.0.0.1:{server.port}"
+    server.stop()
+
+
+def test_by_asn_is_replays_table_from_the_agent(
+    networked_agent: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from resetwatch.report import network_table
+    from resetwatch.tally import Tally
+
+    from .test_api_networks import networked
+
+    code, out, err = status(capsys, "--agent", networked_agent, "--range", "1d", "--by", "asn")
+    assert (code, err) == (0, "")
+    snapshot = networked().snapshot()
+    want = network_table(Tally.sum(snapshot.buckets.values()), "asn", snapshot.names.as_name)
+    assert want in out  # the very table replay --by prints
+    line = next(x for x in out.splitlines() if x.strip().startswith("AS64500"))
+    assert "75.00" in line or "75" in line
+    assert "Tamper Net" in line
+    assert any(x.strip().startswith("other") for x in out.splitlines())
+    assert "the 50 busiest networks" in out
+    code, out, _ = status(capsys, "--agent", networked_agent, "--range", "1d", "--by",
+                          "country", "--format", "json")
+    assert code == 0
+    rows = json.loads(out)["networks"]["by_country"]
+    assert rows[0]["country"] == "DE" and rows[0]["classified"] == 220
+
+
+def test_by_without_a_database_says_so(agent: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = status(capsys, "--agent", agent, "--by", "asn")
+    assert code == 0 and "no IP database" in out
+
+
+def test_by_takes_asn_or_country(agent: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["status", "--agent", agent, "--by", "isp"])
+    assert caught.value.code == 2

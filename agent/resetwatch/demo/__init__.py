@@ -19,7 +19,7 @@ from typing import Optional
 EXIT_USAGE = 2
 
 _TOOLS = (("ip", "iproute2"), ("zmap", "zmap"))
-_PYTHON = ("pyroute2", "netfilterqueue")
+_PYTHON = ("pyroute2", "netfilterqueue", "maxminddb")
 
 
 def _say(text: str) -> None:
@@ -80,5 +80,6 @@ def run(args: argparse.Namespace) -> int:
         records=Path(args.records) if args.records else None,
         seed=args.seed,
         traffic_log=Path(args.traffic_log) if args.traffic_log else None,
+        ipdb=tuple(getattr(args, "ipdb", None) or ()),
     )
     return Demo(options).run()

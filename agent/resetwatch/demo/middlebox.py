@@ -21,6 +21,10 @@ sequence number is exactly the server's next expected one, so the server's connt
 them and the agent's sampling rule logs them (docs/methodology.md). They leave after a short
 delay so the data segment is surely first on the wire.
 
+With ``--only PREFIX`` (repeatable) it tampers only with connections from clients inside
+those prefixes, as a box on one operator's path would: the demo puts it in front of one lab
+network (demo/networks.py), so that network alone stands out in the agent's per-network view.
+
 The program installs its own queue rule in its namespace (nft, or iptables where the kernel
 lacks nft's queue), prints ``ready``, then one JSON line per tampered connection. Rules carry
 ``bypass``: if it dies, traffic flows untouched instead of stopping.
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ipaddress
 import json
 import os
 import shutil
@@ -72,9 +77,13 @@ def _default_ttl(family: int) -> int:
 class Middlebox:
     """The verdict logic, apart from NFQUEUE so it can be exercised with plain bytes."""
 
-    def __init__(self, servers: Sequence[str], rules: dict[str, str]) -> None:
+    def __init__(
+        self, servers: Sequence[str], rules: dict[str, str], only: Sequence[str] = ()
+    ) -> None:
         self.servers = frozenset(servers)
         self.rules = rules
+        self.only = tuple(ipaddress.ip_network(prefix) for prefix in only)
+        """Client prefixes tampered with (empty: every client)."""
         self.flows: dict[tuple[str, int, str, int], tuple[int, float]] = {}
         self.ttl = {4: _default_ttl(4), 6: _default_ttl(6)}
         self._raw: dict[int, socket.socket] = {}
@@ -114,6 +123,8 @@ class Middlebox:
         # The first data segment: the only one a name is looked for in.
         name = server_name(seg.payload)
         action = self.rules.get(name or "")
+        if action is not None and self.only and not self._behind(seg.src):
+            action = None
         if action is None:
             del self.flows[key]
             return True
@@ -123,6 +134,10 @@ class Middlebox:
             return False
         self.later(INJECT_DELAY_S, self._inject, seg, action)
         return True
+
+    def _behind(self, client: str) -> bool:
+        address = ipaddress.ip_address(client)
+        return any(address in prefix for prefix in self.only)
 
     def later(self, delay: float, work: Callable[..., None], *args: Any) -> None:
         """Run `work(*args)` after `delay` seconds, off the packet thread."""
@@ -227,6 +242,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "--rule", action="append", default=[], metavar="NAME=ACTION",
         help=f"tamper with connections to NAME; ACTION one of {', '.join(ACTIONS)}",
     )  # fmt: skip
+    parser.add_argument("--only", action="append", default=[], metavar="PREFIX",
+                        help="tamper only with clients inside PREFIX (repeatable)")
     parser.add_argument("--lab", default="", help="the lab's id (lets leftovers be found)")
     args = parser.parse_args(argv)
     rules = {}
@@ -235,7 +252,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if action not in ACTIONS:
             parser.error(f"--rule {rule}: ACTION must be one of {', '.join(ACTIONS)}")
         rules[name.lower()] = action
-    box = Middlebox(args.server, rules)
+    try:
+        box = Middlebox(args.server, rules, args.only)
+    except ValueError as error:
+        parser.error(f"--only: {error}")
     signal.signal(signal.SIGTERM, _stop)
     parent = os.getppid()
 

@@ -29,9 +29,10 @@ from types import FrameType
 from typing import IO, Any, Optional
 
 from ..classify import Category, Tag
-from ..report import summary_table
+from ..report import network_table, summary_table
 from ..tally import Tally
 from . import lab as labmod
+from . import networks as labnets
 from .forward import Forwarder, category_counts, http_get
 from .lab import Lab, LabError
 from .traffic import BEHAVIOURS, MIDDLEBOX_RULES
@@ -57,6 +58,8 @@ class Options:
     records: Optional[Path]
     seed: int
     traffic_log: Optional[Path] = None
+    ipdb: tuple[str, ...] = ()
+    """Databases naming the clients' networks; empty: the lab's own (demo/networks.py)."""
 
 
 class Interrupted(Exception):
@@ -127,6 +130,25 @@ def summary_from_records(records: Iterable[dict[str, Any]]) -> Tally:
     return tally
 
 
+def network_summary(records: Iterable[dict[str, Any]]) -> tuple[Tally, dict[str, str]]:
+    """The judged records by client network (the `asn` label, "" where the database had no
+    answer), and the AS names the records carry."""
+    rows: list[list[Any]] = []
+    names: dict[str, str] = {}
+    for record in records:
+        if "excluded" in record:
+            continue
+        asn = record.get("asn")
+        label = str(asn) if isinstance(asn, int) else ""
+        if label and record.get("as_name"):
+            names[label] = str(record["as_name"])
+        rows.append([str(record["family"]), record["stage"], record["outcome"],
+                     record["category"], list(record["tags"]), label,
+                     str(record.get("country") or ""), 1])
+    tally, _ = Tally.from_rows({"judged": rows}, "records")
+    return tally, names
+
+
 def verdict_table(events: Sequence[dict[str, Any]], records: Sequence[dict[str, Any]]) -> str:
     """Per client behaviour: how many connections, and what the agent made of them (the
     categories, and the tags most of them carry). Joined on the client's address and port."""
@@ -175,6 +197,7 @@ class Demo:
         self._lock = threading.Lock()
         self._records_copied = False
         self._line_open = False
+        self.ipdb = options.ipdb or (str(labnets.DATABASE),)
 
     # ------------------------------------------------------------------------------ output
 
@@ -292,6 +315,7 @@ class Demo:
         )
         self._wait_line(server, "ready", "the web server", self.tmp / "server.log")
         rules = [f"--rule={name}={action}" for name, action in MIDDLEBOX_RULES.items()]
+        rules += [f"--only={prefix}" for prefix in labnets.TAMPERED.prefixes]
         self.middlebox = lab.popen(
             "middlebox",
             self._python("resetwatch.demo.middlebox", "--server", labmod.SERVER4,
@@ -318,6 +342,7 @@ class Demo:
                 "--interfaces", labmod.SERVER_IF,
                 "--records", str(self.records_path),
                 "--state-dir", str(self.tmp / "state"),
+                *(f"--ipdb={path}" for path in self.ipdb),
             ),
             log=agent_log,
             stdout=subprocess.DEVNULL,
@@ -334,6 +359,8 @@ class Demo:
             "server6": labmod.SERVER6,
             "clients4": list(labmod.CLIENTS4),
             "clients6": list(labmod.CLIENTS6),
+            "tampered4": labnets.members(labnets.TAMPERED, labmod.CLIENTS4),
+            "tampered6": labnets.members(labnets.TAMPERED, labmod.CLIENTS6),
             "spoofed4": labmod.SPOOFED4,
             "zmap_source": labmod.CLIENTS4[0],
             "iface": labmod.CLIENT_IF,
@@ -392,7 +419,11 @@ class Demo:
         tamper = {action: name for name, action in MIDDLEBOX_RULES.items()}
         last4, last6 = c4[-1].rsplit(".", 1)[1], c6[-1].rsplit(":", 1)[1]
         self.say(f"  clients    {c4[0]}-{last4}, {c6[0]}-{last6}  ({names['client']})")
-        self.say(f"  middlebox  NFQUEUE: injects RSTs for {tamper['rst+rstack']} (TLS SNI) and "
+        nets = ", ".join(f"AS{n.asn} {n.as_name} ({n.country})" for n in labnets.NETWORKS)
+        self.say(f"             in three networks: {nets}")
+        self.say(f"  middlebox  on AS{labnets.TAMPERED.asn}'s path only: "
+                 f"{', '.join(labnets.TAMPERED.prefixes)}")
+        self.say(f"             NFQUEUE: injects RSTs for {tamper['rst+rstack']} (TLS SNI) and "
                  f"{tamper['rsts']} (HTTP Host),")  # fmt: skip
         self.say(f"             drops {tamper['drop']} (zero-rating style)  ({names['middlebox']})")
         self.say(f"  server     {labmod.SERVER4}, {labmod.SERVER6}: web server on 80/443 and "
@@ -511,9 +542,22 @@ class Demo:
                                extra=extra).rstrip("\n"))  # fmt: skip
         self.say()
         self.say(verdict_table(events, records).rstrip("\n"))
+        self.say()
+        self.say(self._network_report(records).rstrip("\n"))
         if final and self.options.records:
             self.say()
             self.say(f"records (one JSON line per connection): {self.options.records}")
+
+    def _network_report(self, records: Sequence[dict[str, Any]]) -> str:
+        """The last table: shares per client network, as `replay --by asn` prints them; the
+        network behind the middlebox should stand out."""
+        tally, names = network_summary(records)
+        net = labnets.TAMPERED
+        source = ("the lab's database (demo/networks.py)" if not self.options.ipdb
+                  else ", ".join(self.ipdb))
+        lines = [f"per client network ({source}); the middlebox sits on AS{net.asn} "
+                 f"({net.as_name}, {net.country})'s path only"]
+        return "\n".join(lines) + network_table(tally, "asn", names)
 
     def _copy_records(self) -> None:
         if self._records_copied or self.options.records is None:

@@ -47,6 +47,9 @@ FORBIDDEN_HTTP = "forbidden.example"
 ZERO_RATED = "free-video.example"
 MIDDLEBOX_RULES = {BLOCKED_TLS: "rst+rstack", FORBIDDEN_HTTP: "rsts", ZERO_RATED: "drop"}
 """Which name the middlebox tampers with, and how (see `middlebox`)."""
+TAMPERED_ACTIONS = ("blocked_tls", "forbidden_http", "zero_rated")
+"""Visits of those names: made from the tampered network's clients (spec `tampered4`,
+`tampered6`) when the spec names them, as the middlebox sits on that network's path only."""
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,10 @@ class Clients:
     def plan(self, action: str) -> Plan:
         rng = self.rng
         family = 6 if 6 in BEHAVIOURS[action].families and rng.random() < 0.25 else 4
-        src = rng.choice(self.spec["clients4"] if family == 4 else self.spec["clients6"])
+        pool = "clients"
+        if action in TAMPERED_ACTIONS and self.spec.get("tampered4"):
+            pool = "tampered"  # the names the middlebox tampers with, from its network
+        src = rng.choice(self.spec[f"{pool}4"] if family == 4 else self.spec[f"{pool}6"])
         dst = self.spec["server4"] if family == 4 else self.spec["server6"]
         port, host = 80, rng.choice(ALLOWED_NAMES)
         if action in ("tls", "blocked_tls"):
