@@ -31,6 +31,7 @@ from resetwatch.rules import (
     netns_runner,
     run_local,
 )
+from resetwatch.rules.keeper import RulesKeeper
 from resetwatch.rules.spec import CHAIN, ID_JUMP, ID_LOG, ID_LOG_SYN, ID_SAMPLE
 
 ROOT = pytest.mark.root
@@ -252,6 +253,11 @@ IPTABLES_DAMAGE = [
     ("extra", ["{ip6} -t mangle -A RESETWATCH -j RETURN"], "IPv6: RESETWATCH rule 4 is not wanted"),
     ("second-jump", ["{ip4} -t mangle -A PREROUTING -j RESETWATCH"], "IPv4: 2 jumps"),
     ("no-chain", ["{ip6} -t mangle -F", "{ip6} -t mangle -X RESETWATCH"], "IPv6: chain"),
+    (
+        "shadowed",
+        ["{ip4} -t mangle -I PREROUTING 1 -p tcp -j ACCEPT"],
+        "IPv4: the jump to RESETWATCH is below `-p tcp -j ACCEPT`",
+    ),
 ]
 DAMAGE = [
     (backend, *row) for backend in ("iptables", "iptables-legacy") for row in IPTABLES_DAMAGE
@@ -292,6 +298,52 @@ def test_check_reports_damage_and_install_repairs_it(
     backend.install(RuleSpec())
     assert backend.check(RuleSpec()) == []
     assert copies(backend_name, netns) == ONE_COPY[backend_name]
+
+
+def prerouting(backend: str, namespace: str, family: int = 4) -> list[str]:
+    """The `-A PREROUTING` rules of table mangle, in order."""
+    text = sh(namespace, tool(backend, family), "-w", "-t", "mangle", "-S", "PREROUTING")
+    return [line for line in text.splitlines() if line.startswith("-A PREROUTING")]
+
+
+@ROOT
+@pytest.mark.parametrize("backend_name", ["iptables", "iptables-legacy"])
+def test_a_rule_above_the_jump_is_a_counted_repair_back_to_the_top(
+    backend_name: str, netns: str
+) -> None:
+    """`-p tcp -j ACCEPT` inserted above our jump hides every IPv4 connection: the keeper's
+    check sees it and puts the jump back on top, counted as a repair."""
+    backend = backend_in(backend_name, netns)
+    keeper = RulesKeeper(lambda name: backend, interval=3600)
+    keeper.install(backend_name, RuleSpec())
+    try:
+        assert f"-j {CHAIN}" in prerouting(backend_name, netns)[0]
+        sh(netns, tool(backend_name, 4), "-w", "-t", "mangle", "-I", "PREROUTING", "1",
+           "-p", "tcp", "-j", "ACCEPT")  # fmt: skip
+        keeper.check()
+        assert keeper.state.repairs == 1
+        assert keeper.state.present
+        rules = prerouting(backend_name, netns)
+        assert f"-j {CHAIN}" in rules[0] and "-j ACCEPT" in rules[1], rules
+        assert copies(backend_name, netns) == ONE_COPY[backend_name]
+        keeper.check()
+        assert keeper.state.repairs == 1  # on top again: nothing more to do
+    finally:
+        keeper.stop(remove=True)
+
+
+@ROOT
+@pytest.mark.parametrize("backend_name", ["iptables", "iptables-legacy"])
+def test_a_rule_that_lets_packets_through_may_stay_above_the_jump(
+    backend_name: str, netns: str
+) -> None:
+    """A MARK or a bare counter above our jump hides nothing: no repair, no fight."""
+    backend = backend_in(backend_name, netns)
+    backend.install(RuleSpec())
+    for rule in ("-p tcp -j MARK --set-mark 5", "-p tcp"):
+        sh(netns, tool(backend_name, 4), "-w", "-t", "mangle", "-I", "PREROUTING", "1",
+           *rule.split())  # fmt: skip
+    assert backend.check(RuleSpec()) == []
 
 
 @ROOT

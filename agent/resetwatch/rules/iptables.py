@@ -201,6 +201,14 @@ class FamilyState:
     """PREROUTING rules jumping to our chain, each as its `-S` arguments after the chain name."""
     rules: list[str] = field(default_factory=list)
     """Rules of our chain, as `-S` arguments after the chain name."""
+    above: list[str] = field(default_factory=list)
+    """PREROUTING rules before the first jump to our chain (all of them when there is none)."""
+
+    @property
+    def shadowing(self) -> list[str]:
+        """The rules above our jump that may end a packet's walk through PREROUTING before it
+        reaches us (`-p tcp -j ACCEPT` at the top hides every connection of the family)."""
+        return [rule for rule in self.above if _may_end(rule)]
 
 
 def parse_listing(text: str) -> FamilyState:
@@ -217,7 +225,30 @@ def parse_listing(text: str) -> FamilyState:
             state.rules.append(line.split(None, 2)[2] if len(words) > 2 else "")
         elif words[:2] == ["-A", "PREROUTING"] and _jumps_to_us(words[2:]):
             state.jumps.append(line.split(None, 2)[2])
+        elif words[:2] == ["-A", "PREROUTING"] and not state.jumps:
+            state.above.append(line.split(None, 2)[2] if len(words) > 2 else "")
     return state
+
+
+PASS_THROUGH = frozenset(
+    {"MARK", "CONNMARK", "LOG", "NFLOG", "TRACE", "DSCP", "TOS", "TTL", "HL", "CLASSIFY", "TCPMSS"}
+)
+"""Targets that change or log a packet and let it go on to the next rule: a rule with one of
+these (or with no target, a counter) above our jump hides nothing, and leaving it there
+spares a fight with a tool that wants the top for itself."""
+
+
+def _may_end(rule: str) -> bool:
+    """True when a PREROUTING rule may end the walk: a verdict, or a jump to a chain (which
+    may ACCEPT) or any target this agent does not know to let packets through."""
+    try:
+        words = shlex.split(rule)
+    except ValueError:
+        return True
+    targets = [
+        words[k + 1] for k in range(len(words) - 1) if words[k] in ("-j", "--jump", "-g", "--goto")
+    ]
+    return any(target not in PASS_THROUGH for target in targets)
 
 
 def _jumps_to_us(args: list[str]) -> bool:
@@ -339,6 +370,8 @@ class IptablesBackend(RulesBackend):
                 continue
             state = self.state(family)
             keep = next((j for j in state.jumps if canonical(shlex.split(j)) == wanted_jump), None)
+            if state.shadowing:
+                keep = None  # a rule above us can hide connections: the jump goes back on top
             extra = list(state.jumps)
             if keep is not None:
                 extra.remove(keep)
@@ -421,6 +454,11 @@ class IptablesBackend(RulesBackend):
         if state.jumps and not good:
             found = _strip_counters(state.jumps[0])
             out.append(f"jump rule is `{found}`, wanted `{_tokens(JUMP_RULE)}`")
+        if state.jumps and state.shadowing:
+            out.append(
+                f"the jump to {CHAIN} is below `{_strip_counters(state.shadowing[0])}` in "
+                f"{TABLE} PREROUTING, which can hide connections from it"
+            )
         wanted = [*sample_rules(spec), *log_rules(spec, family)]
         for index in range(max(len(wanted), len(state.rules))):
             number = f"{CHAIN} rule {index + 1}"
