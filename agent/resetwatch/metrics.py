@@ -319,6 +319,12 @@ class AgentCollector(Collector):
             value=rules.set_full,
         )
         yield GaugeMetricFamily(
+            "resetwatch_rules_label_conflicts",
+            "Rules outside the agent's own that set its conntrack label bit, at the last "
+            "check: each makes every connection it matches look sampled.",
+            value=rules.label_conflicts,
+        )
+        yield GaugeMetricFamily(
             "resetwatch_rules_check_duration_seconds",
             "How long the last rules check took, waits for the xtables lock included.",
             value=rules.last_check_seconds,

@@ -686,3 +686,59 @@ def test_tool_failure_is_a_one_line_error_naming_command_and_stderr() -> None:
     assert message.startswith("`iptables-restore -w 5 --noflush` failed (exit 1): iptables-re")
     assert "line 5 failed" in message and "[line 5: -A RESETWATCH" in message
     assert ["iptables", "-w", "5", "-t", "mangle", "-S"] in seen
+
+
+# -- other users of our conntrack label bit ---------------------------------------------------
+
+
+def add_label_rule(backend: str, namespace: str, label: int = 7) -> None:
+    """A foreign rule that sets the label bit on every TCP connection (raw PREROUTING or a
+    table of its own)."""
+    if backend != "nft":
+        sh(namespace, tool(backend, 4), "-w", "-t", "raw", "-A", "PREROUTING", "-p", "tcp",
+           "-m", "connlabel", "--label", str(label), "--set")  # fmt: skip
+    else:
+        sh(namespace, "nft", "-f", "-", stdin=(
+            "table ip foreign {\n  chain pre {\n"
+            "    type filter hook prerouting priority -150; policy accept;\n"
+            f'    ct label set {label} comment "theirs"\n  }}\n}}\n'
+        ))  # fmt: skip
+
+
+@ROOT
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_install_refuses_a_label_bit_another_rule_sets(backend_name: str, netns: str) -> None:
+    backend = backend_in(backend_name, netns)
+    add_label_rule(backend_name, netns)
+    keeper = RulesKeeper(lambda name: backend, interval=3600)
+    with pytest.raises(RulesError) as caught:
+        keeper.install(backend_name, RuleSpec())
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "conntrack label 7 is already set by another rule" in message
+    assert ("table ip foreign chain pre" if backend_name == "nft" else "table raw") in message
+    assert not backend.present()  # refused before touching any rule
+    keeper.install(backend_name, RuleSpec(label=8))  # another bit is free
+    try:
+        assert keeper.state.present
+    finally:
+        keeper.stop(remove=True)
+
+
+@ROOT
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_a_label_rule_added_while_running_is_reported(backend_name: str, netns: str) -> None:
+    backend = backend_in(backend_name, netns)
+    keeper = RulesKeeper(lambda name: backend, interval=3600)
+    keeper.install(backend_name, RuleSpec())
+    try:
+        keeper.check()
+        assert keeper.state.label_conflicts == 0
+        add_label_rule(backend_name, netns)
+        keeper.check()
+        assert keeper.state.label_conflicts == 1
+        add_label_rule(backend_name, netns, label=9)  # another bit: no conflict of ours
+        keeper.check()
+        assert keeper.state.label_conflicts == 1
+    finally:
+        keeper.stop(remove=True)

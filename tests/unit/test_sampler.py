@@ -78,6 +78,9 @@ class CountingRules:
         self.full = 0
         self.broken = False
 
+    def label_users(self, spec: RuleSpec) -> list[str]:
+        return []
+
     def remove(self) -> None:
         pass
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from .base import LOCK_WAIT, RulesBackend, RulesError, Runner, connlabel_bits, run_local
+from .conflicts import iptables_label_users
 from .spec import CHAIN, HEADER_COPY, ID_JUMP, ID_LOG, ID_LOG_SYN, ID_SAMPLE, LOG_PREFIX, RuleSpec
 
 TABLE = "mangle"
@@ -412,6 +413,18 @@ class IptablesBackend(RulesBackend):
             body = "\n".join(lines) + "\n" if lines else "# not installed\n"
             parts.append(f"{header}\n{body}")
         return "".join(parts)
+
+    def label_users(self, spec: RuleSpec) -> list[str]:
+        """`iptables-save` of every table, per wanted family: rules outside our chain that
+        `--set` our label."""
+        out: list[str] = []
+        for family in spec.families:
+            if self._available(family):
+                save = [f"{self.tools[family][0]}-save"]
+                text = self.run(save).stdout
+                users = iptables_label_users(text, spec.label, CHAIN)
+                out.extend(f"{FAMILY_NAMES[family]} {user}" for user in users)
+        return out
 
     def present(self) -> bool:
         for family in (4, 6):

@@ -35,6 +35,7 @@ from typing import Any, Optional
 
 from . import stateless
 from .base import RulesBackend, RulesError, Runner, connlabel_bits, run_local
+from .conflicts import nft_label_users
 from .spec import (
     HEADER_COPY,
     ID_LOG,
@@ -392,6 +393,17 @@ class NftBackend(RulesBackend):
 
     def present(self) -> bool:
         return self._list(json_output=False) is not None
+
+    def label_users(self, spec: RuleSpec) -> list[str]:
+        """Rules of the whole ruleset, outside our table, that `ct label set` our bit."""
+        if spec.sampler != "conntrack":
+            return []
+        argv = ["nft", "-j", "list", "ruleset"]
+        try:
+            objects = json.loads(self.run(argv).stdout).get("nftables", [])
+        except (ValueError, AttributeError) as err:
+            raise RulesError(f"`{' '.join(argv)}`: bad JSON ({err})") from err
+        return nft_label_users(objects, spec.label, (FAMILY, NFT_TABLE))
 
     def set_full(self) -> Optional[int]:
         """Sampled SYNs the stateless sampler's full set could not take, since the install."""
