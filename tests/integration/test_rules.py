@@ -250,7 +250,7 @@ IPTABLES_DAMAGE = [
         ["{ip4} -t mangle -D PREROUTING -m comment --comment resetwatch:jump -j RESETWATCH"],
         "IPv4: no jump",
     ),
-    ("extra", ["{ip6} -t mangle -A RESETWATCH -j RETURN"], "IPv6: RESETWATCH rule 4 is not wanted"),
+    ("extra", ["{ip6} -t mangle -A RESETWATCH -j RETURN"], "IPv6: RESETWATCH rule 5 is not wanted"),
     ("second-jump", ["{ip4} -t mangle -A PREROUTING -j RESETWATCH"], "IPv4: 2 jumps"),
     ("no-chain", ["{ip6} -t mangle -F", "{ip6} -t mangle -X RESETWATCH"], "IPv6: chain"),
     (
@@ -264,7 +264,7 @@ DAMAGE = [
 ] + [
     ("nft", "flush", ["nft flush chain inet resetwatch prerouting"], "rule 1 is missing"),
     ("nft", "no-table", ["nft delete table inet resetwatch"], "table inet resetwatch is missing"),
-    ("nft", "extra", ["nft add rule inet resetwatch prerouting counter"], "rule 6 is not wanted"),
+    ("nft", "extra", ["nft add rule inet resetwatch prerouting counter"], "rule 7 is not wanted"),
     (
         "nft",
         "changed",
@@ -548,6 +548,8 @@ IPTABLES_FAMILY_DEFAULTS = """\
 *mangle
 :RESETWATCH - [0:0]
 -F RESETWATCH
+-A RESETWATCH ! -i lo -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN \
+-m comment --comment "resetwatch:candidates"
 -A RESETWATCH ! -i lo -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -m conntrack --ctstate NEW \
 -m statistic --mode random --probability 0.0001 -m connlabel --label 7 --set \
 -m comment --comment "resetwatch:sample"
@@ -569,6 +571,8 @@ delete table inet resetwatch
 table inet resetwatch {
 \tchain prerouting {
 \t\ttype filter hook prerouting priority mangle; policy accept;
+\t\tiifname != "lo" tcp flags & (fin | syn | rst | ack) == syn counter \
+comment "resetwatch:candidates"
 \t\tiifname != "lo" tcp flags & (fin | syn | rst | ack) == syn ct state new \
 numgen random mod 10000 == 0 counter ct label set 7 comment "resetwatch:sample"
 \t\tmeta nfproto ipv4 tcp flags & (syn | ack) == syn ct direction original ct label 7 \
@@ -740,5 +744,48 @@ def test_a_label_rule_added_while_running_is_reported(backend_name: str, netns: 
         add_label_rule(backend_name, netns, label=9)  # another bit: no conflict of ours
         keeper.check()
         assert keeper.state.label_conflicts == 1
+    finally:
+        keeper.stop(remove=True)
+
+
+# -- sampling sanity: the candidate counter -------------------------------------------------
+
+
+def add_notrack(backend: str, namespace: str) -> None:
+    """NOTRACK on the service port: conntrack never sees those connections, so no label."""
+    if backend != "nft":
+        sh(namespace, tool(backend, 4), "-w", "-t", "raw", "-A", "PREROUTING", "-p", "tcp",
+           "--dport", str(PORT), "-j", "CT", "--notrack")  # fmt: skip
+    else:
+        sh(namespace, "nft", "-f", "-", stdin=(
+            "table ip foreign {\n  chain raw {\n"
+            "    type filter hook prerouting priority raw; policy accept;\n"
+            f"    tcp dport {PORT} notrack\n  }}\n}}\n"
+        ))  # fmt: skip
+
+
+@ROOT
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_notrack_leaves_candidates_counted_and_nothing_sampled(
+    backend_name: str, make_netns: Callable[[], str]
+) -> None:
+    """With p = 1 every candidate is sampled, until NOTRACK blinds the sample rule: the
+    candidate counter (resetwatch_sampling_candidates_total) still grows."""
+    require(*tools(backend_name))
+    server, client = make_netns(), make_netns()
+    veth_pair(server, client, 4)
+    backend = backend_in(backend_name, server)
+    keeper = RulesKeeper(lambda name: backend, interval=3600)
+    keeper.install(backend_name, RuleSpec(probability=1.0, families=(4,)))
+    try:
+        connect(server, client, 4, rounds=1)
+        keeper.check()
+        assert keeper.state.candidates == 1
+        assert packet_counters(backend_name, server, 4)[ID_SAMPLE] == 1
+        add_notrack(backend_name, server)
+        connect(server, client, 4, rounds=1)
+        keeper.check()
+        assert keeper.state.candidates == 2
+        assert packet_counters(backend_name, server, 4)[ID_SAMPLE] == 1  # blind
     finally:
         keeper.stop(remove=True)

@@ -103,6 +103,9 @@ class SlowRules:
     def label_users(self, spec: RuleSpec) -> list[str]:
         return []
 
+    def candidates(self) -> Optional[int]:
+        return None
+
     def remove(self) -> None:
         self.removed = True
         self.installed = None

@@ -45,6 +45,9 @@ class Rules:
     def label_users(self, spec: RuleSpec) -> list[str]:
         return []
 
+    def candidates(self) -> Optional[int]:
+        return None
+
     def remove(self) -> None:
         self.installed = None
 

@@ -81,6 +81,9 @@ class CountingRules:
     def label_users(self, spec: RuleSpec) -> list[str]:
         return []
 
+    def candidates(self) -> Optional[int]:
+        return None
+
     def remove(self) -> None:
         pass
 

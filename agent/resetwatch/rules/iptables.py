@@ -29,7 +29,17 @@ from typing import Optional
 
 from .base import LOCK_WAIT, RulesBackend, RulesError, Runner, connlabel_bits, run_local
 from .conflicts import iptables_label_users
-from .spec import CHAIN, HEADER_COPY, ID_JUMP, ID_LOG, ID_LOG_SYN, ID_SAMPLE, LOG_PREFIX, RuleSpec
+from .spec import (
+    CHAIN,
+    HEADER_COPY,
+    ID_CANDIDATES,
+    ID_JUMP,
+    ID_LOG,
+    ID_LOG_SYN,
+    ID_SAMPLE,
+    LOG_PREFIX,
+    RuleSpec,
+)
 
 TABLE = "mangle"
 FLAVOURS = ("", "legacy", "nft")
@@ -87,6 +97,16 @@ def sample_rules(spec: RuleSpec) -> list[list[str]]:
             args += ["-m", "comment", "--comment", ID_SAMPLE]
             rules.append(args)
     return rules
+
+
+def candidate_rules(spec: RuleSpec) -> list[list[str]]:
+    """The sample rules without the draw, the label and the conntrack state: counting rules
+    (no target) for the SYNs the agent could have sampled, read by `candidates`."""
+    out = []
+    for args in sample_rules(spec):
+        cut = args.index("conntrack") - 1  # "-m conntrack": where the filters end
+        out.append([*args[:cut], "-m", "comment", "--comment", ID_CANDIDATES])
+    return out
 
 
 def log_rules(spec: RuleSpec, family: int) -> list[list[str]]:
@@ -314,7 +334,7 @@ class IptablesBackend(RulesBackend):
             f":{CHAIN} - [0:0]",
         ]
         lines.append(f"-F {CHAIN}")
-        for args in [*sample_rules(spec), *log_rules(spec, family)]:
+        for args in [*candidate_rules(spec), *sample_rules(spec), *log_rules(spec, family)]:
             lines.append(f"-A {CHAIN} {_tokens(args)}")
         lines.extend(f"-D PREROUTING {jump}" for jump in delete_jumps)
         if add_jump:
@@ -426,6 +446,18 @@ class IptablesBackend(RulesBackend):
                 out.extend(f"{FAMILY_NAMES[family]} {user}" for user in users)
         return out
 
+    def candidates(self) -> Optional[int]:
+        """Packets counted by the candidate rules of every family (None: none installed)."""
+        total: Optional[int] = None
+        for family in (4, 6):
+            if not self._available(family):
+                continue
+            for line in self.listing(family, counters=True).splitlines():
+                found = re.search(r" -c (\d+) \d+", line)
+                if line.startswith(f"-A {CHAIN} ") and ID_CANDIDATES in line and found:
+                    total = (total or 0) + int(found.group(1))
+        return total
+
     def present(self) -> bool:
         for family in (4, 6):
             if self._available(family):
@@ -472,7 +504,7 @@ class IptablesBackend(RulesBackend):
                 f"the jump to {CHAIN} is below `{_strip_counters(state.shadowing[0])}` in "
                 f"{TABLE} PREROUTING, which can hide connections from it"
             )
-        wanted = [*sample_rules(spec), *log_rules(spec, family)]
+        wanted = [*candidate_rules(spec), *sample_rules(spec), *log_rules(spec, family)]
         for index in range(max(len(wanted), len(state.rules))):
             number = f"{CHAIN} rule {index + 1}"
             if index >= len(state.rules):

@@ -43,6 +43,10 @@ class RulesState:
     """SYNs the stateless sampler's set had no room for, over every install of this run
     (the kernel's counter starts again at each install)."""
     _set_full_before: int = 0
+    candidates: int = 0
+    """New SYNs the sample rule could have drawn for, over every install of this run (the
+    kernel's rule counter starts again at each install), read at each check."""
+    _candidates_before: int = 0
     label_conflicts: int = 0
     """Foreign rules that set our conntrack label bit, at the last check (each makes every
     connection it matches look sampled)."""
@@ -117,6 +121,7 @@ class RulesKeeper:
     def _check(self, backend: RulesBackend, spec: RuleSpec) -> None:
         differences = backend.check(spec)
         self._count_set_full(backend, spec)
+        self._count_candidates(backend)
         self._count_label_users(backend, spec)
         if not differences:
             self.state.present = True
@@ -136,6 +141,11 @@ class RulesKeeper:
             log.error("%s", refusal(users, spec.label).replace("would look", "looks"))
         self.state.label_conflicts = len(users)
 
+    def _count_candidates(self, backend: RulesBackend) -> None:
+        count = backend.candidates()
+        if count is not None:
+            self.state.candidates = self.state._candidates_before + count
+
     def _count_set_full(self, backend: RulesBackend, spec: RuleSpec) -> None:
         if spec.sampler != "stateless":
             return
@@ -144,8 +154,9 @@ class RulesKeeper:
             self.state.set_full = self.state._set_full_before + count
 
     def _reinstalling(self) -> None:
-        """An install restarts the kernel's set-full counter: keep what it counted."""
+        """An install restarts the kernel's counters: keep what they counted."""
         self.state._set_full_before = self.state.set_full
+        self.state._candidates_before = self.state.candidates
 
     def swap(self, backend_name: Optional[str], spec: Optional[RuleSpec], *, remove: bool) -> None:
         """A reload: make the installed rules those of `spec` with `backend_name` (None: stop
