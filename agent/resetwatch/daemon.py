@@ -239,6 +239,8 @@ class Agent:
             return False, "packet loop stalled"
         if not (self.config.no_rules or self.health.rules.present):
             return False, "sampling rules missing"
+        if self.health.rules.label_conflicts:
+            return False, "another rule sets the sampling label"
         for state in self.outputs.failing():
             return False, f"output {state.name} failing: {state.error}"
         return True, "ok"

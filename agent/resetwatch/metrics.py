@@ -318,6 +318,20 @@ class AgentCollector(Collector):
             "was full (always 0 with the conntrack sampler).",
             value=rules.set_full,
         )
+        yield CounterMetricFamily(
+            "resetwatch_sampling_candidates",
+            "New TCP SYNs the sample rule could have drawn for (its filters, no random draw, "
+            "no conntrack state), counted by a rule of the agent's own and read at each rules "
+            "check. Times the sampling probability, what resetwatch_flows_started_total should "
+            "grow by.",
+            value=rules.candidates,
+        )
+        yield GaugeMetricFamily(
+            "resetwatch_rules_label_conflicts",
+            "Rules outside the agent's own that set its conntrack label bit, at the last "
+            "check: each makes every connection it matches look sampled.",
+            value=rules.label_conflicts,
+        )
         yield GaugeMetricFamily(
             "resetwatch_rules_check_duration_seconds",
             "How long the last rules check took, waits for the xtables lock included.",

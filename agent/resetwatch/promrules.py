@@ -338,13 +338,40 @@ def _health_alerts(w: Windows) -> list[dict[str, Any]]:
     ]
 
 
+def sampling_alert(w: Windows = Windows()) -> dict[str, Any]:
+    """Sampled flows against candidate SYNs over the long window: off the configured
+    probability by more than z binomial standard deviations (the normal bound, fine at the
+    >= min_samples expected flows it needs), and only where that many are expected, so a
+    quiet server never fires. NOTRACK or a broken chain (nothing sampled) and a foreign rule
+    that samples too much both show."""
+    p = "resetwatch_sampling_probability"
+    n = f"increase(resetwatch_sampling_candidates_total[{w.long}])"
+    x = f"increase(resetwatch_flows_started_total[{w.long}])"
+    return {
+        "alert": "ResetwatchSamplingOff",
+        "expr": (
+            f"abs({x} - {p} * {n})\n"
+            f"  > {w.z:g} * sqrt({p} * (1 - {p}) * {n})\n"
+            f"and {p} * {n} >= {w.min_samples}\n"
+            "and resetwatch_rules_managed == 1"
+        ),
+        "labels": {"severity": "ticket"},
+        "annotations": {
+            "summary": (
+                "resetwatch on {{ $labels.instance }} samples new connections at another "
+                "rate than its configured probability"
+            )
+        },
+    }
+
+
 def rules(w: Windows = Windows(), scope: Scope = Scope()) -> dict[str, Any]:
     return {
         "groups": [
             {"name": "resetwatch-recording", "interval": w.evaluation,
              "rules": recording_rules(w, scope)},
             {"name": "resetwatch-alerts", "interval": w.evaluation,
-             "rules": spike_alerts(w, scope) + _health_alerts(w)},
+             "rules": spike_alerts(w, scope) + _health_alerts(w) + [sampling_alert(w)]},
         ]
     }
 

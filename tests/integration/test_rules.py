@@ -31,6 +31,7 @@ from resetwatch.rules import (
     netns_runner,
     run_local,
 )
+from resetwatch.rules.keeper import RulesKeeper
 from resetwatch.rules.spec import CHAIN, ID_JUMP, ID_LOG, ID_LOG_SYN, ID_SAMPLE
 
 ROOT = pytest.mark.root
@@ -249,16 +250,21 @@ IPTABLES_DAMAGE = [
         ["{ip4} -t mangle -D PREROUTING -m comment --comment resetwatch:jump -j RESETWATCH"],
         "IPv4: no jump",
     ),
-    ("extra", ["{ip6} -t mangle -A RESETWATCH -j RETURN"], "IPv6: RESETWATCH rule 4 is not wanted"),
+    ("extra", ["{ip6} -t mangle -A RESETWATCH -j RETURN"], "IPv6: RESETWATCH rule 5 is not wanted"),
     ("second-jump", ["{ip4} -t mangle -A PREROUTING -j RESETWATCH"], "IPv4: 2 jumps"),
     ("no-chain", ["{ip6} -t mangle -F", "{ip6} -t mangle -X RESETWATCH"], "IPv6: chain"),
+    (
+        "shadowed",
+        ["{ip4} -t mangle -I PREROUTING 1 -p tcp -j ACCEPT"],
+        "IPv4: the jump to RESETWATCH is below `-p tcp -j ACCEPT`",
+    ),
 ]
 DAMAGE = [
     (backend, *row) for backend in ("iptables", "iptables-legacy") for row in IPTABLES_DAMAGE
 ] + [
     ("nft", "flush", ["nft flush chain inet resetwatch prerouting"], "rule 1 is missing"),
     ("nft", "no-table", ["nft delete table inet resetwatch"], "table inet resetwatch is missing"),
-    ("nft", "extra", ["nft add rule inet resetwatch prerouting counter"], "rule 6 is not wanted"),
+    ("nft", "extra", ["nft add rule inet resetwatch prerouting counter"], "rule 7 is not wanted"),
     (
         "nft",
         "changed",
@@ -292,6 +298,52 @@ def test_check_reports_damage_and_install_repairs_it(
     backend.install(RuleSpec())
     assert backend.check(RuleSpec()) == []
     assert copies(backend_name, netns) == ONE_COPY[backend_name]
+
+
+def prerouting(backend: str, namespace: str, family: int = 4) -> list[str]:
+    """The `-A PREROUTING` rules of table mangle, in order."""
+    text = sh(namespace, tool(backend, family), "-w", "-t", "mangle", "-S", "PREROUTING")
+    return [line for line in text.splitlines() if line.startswith("-A PREROUTING")]
+
+
+@ROOT
+@pytest.mark.parametrize("backend_name", ["iptables", "iptables-legacy"])
+def test_a_rule_above_the_jump_is_a_counted_repair_back_to_the_top(
+    backend_name: str, netns: str
+) -> None:
+    """`-p tcp -j ACCEPT` inserted above our jump hides every IPv4 connection: the keeper's
+    check sees it and puts the jump back on top, counted as a repair."""
+    backend = backend_in(backend_name, netns)
+    keeper = RulesKeeper(lambda name: backend, interval=3600)
+    keeper.install(backend_name, RuleSpec())
+    try:
+        assert f"-j {CHAIN}" in prerouting(backend_name, netns)[0]
+        sh(netns, tool(backend_name, 4), "-w", "-t", "mangle", "-I", "PREROUTING", "1",
+           "-p", "tcp", "-j", "ACCEPT")  # fmt: skip
+        keeper.check()
+        assert keeper.state.repairs == 1
+        assert keeper.state.present
+        rules = prerouting(backend_name, netns)
+        assert f"-j {CHAIN}" in rules[0] and "-j ACCEPT" in rules[1], rules
+        assert copies(backend_name, netns) == ONE_COPY[backend_name]
+        keeper.check()
+        assert keeper.state.repairs == 1  # on top again: nothing more to do
+    finally:
+        keeper.stop(remove=True)
+
+
+@ROOT
+@pytest.mark.parametrize("backend_name", ["iptables", "iptables-legacy"])
+def test_a_rule_that_lets_packets_through_may_stay_above_the_jump(
+    backend_name: str, netns: str
+) -> None:
+    """A MARK or a bare counter above our jump hides nothing: no repair, no fight."""
+    backend = backend_in(backend_name, netns)
+    backend.install(RuleSpec())
+    for rule in ("-p tcp -j MARK --set-mark 5", "-p tcp"):
+        sh(netns, tool(backend_name, 4), "-w", "-t", "mangle", "-I", "PREROUTING", "1",
+           *rule.split())  # fmt: skip
+    assert backend.check(RuleSpec()) == []
 
 
 @ROOT
@@ -496,6 +548,8 @@ IPTABLES_FAMILY_DEFAULTS = """\
 *mangle
 :RESETWATCH - [0:0]
 -F RESETWATCH
+-A RESETWATCH ! -i lo -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN \
+-m comment --comment "resetwatch:candidates"
 -A RESETWATCH ! -i lo -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -m conntrack --ctstate NEW \
 -m statistic --mode random --probability 0.0001 -m connlabel --label 7 --set \
 -m comment --comment "resetwatch:sample"
@@ -517,6 +571,8 @@ delete table inet resetwatch
 table inet resetwatch {
 \tchain prerouting {
 \t\ttype filter hook prerouting priority mangle; policy accept;
+\t\tiifname != "lo" tcp flags & (fin | syn | rst | ack) == syn counter \
+comment "resetwatch:candidates"
 \t\tiifname != "lo" tcp flags & (fin | syn | rst | ack) == syn ct state new \
 numgen random mod 10000 == 0 counter ct label set 7 comment "resetwatch:sample"
 \t\tmeta nfproto ipv4 tcp flags & (syn | ack) == syn ct direction original ct label 7 \
@@ -634,3 +690,102 @@ def test_tool_failure_is_a_one_line_error_naming_command_and_stderr() -> None:
     assert message.startswith("`iptables-restore -w 5 --noflush` failed (exit 1): iptables-re")
     assert "line 5 failed" in message and "[line 5: -A RESETWATCH" in message
     assert ["iptables", "-w", "5", "-t", "mangle", "-S"] in seen
+
+
+# -- other users of our conntrack label bit ---------------------------------------------------
+
+
+def add_label_rule(backend: str, namespace: str, label: int = 7) -> None:
+    """A foreign rule that sets the label bit on every TCP connection (raw PREROUTING or a
+    table of its own)."""
+    if backend != "nft":
+        sh(namespace, tool(backend, 4), "-w", "-t", "raw", "-A", "PREROUTING", "-p", "tcp",
+           "-m", "connlabel", "--label", str(label), "--set")  # fmt: skip
+    else:
+        sh(namespace, "nft", "-f", "-", stdin=(
+            "table ip foreign {\n  chain pre {\n"
+            "    type filter hook prerouting priority -150; policy accept;\n"
+            f'    ct label set {label} comment "theirs"\n  }}\n}}\n'
+        ))  # fmt: skip
+
+
+@ROOT
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_install_refuses_a_label_bit_another_rule_sets(backend_name: str, netns: str) -> None:
+    backend = backend_in(backend_name, netns)
+    add_label_rule(backend_name, netns)
+    keeper = RulesKeeper(lambda name: backend, interval=3600)
+    with pytest.raises(RulesError) as caught:
+        keeper.install(backend_name, RuleSpec())
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "conntrack label 7 is already set by another rule" in message
+    assert ("table ip foreign chain pre" if backend_name == "nft" else "table raw") in message
+    assert not backend.present()  # refused before touching any rule
+    keeper.install(backend_name, RuleSpec(label=8))  # another bit is free
+    try:
+        assert keeper.state.present
+    finally:
+        keeper.stop(remove=True)
+
+
+@ROOT
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_a_label_rule_added_while_running_is_reported(backend_name: str, netns: str) -> None:
+    backend = backend_in(backend_name, netns)
+    keeper = RulesKeeper(lambda name: backend, interval=3600)
+    keeper.install(backend_name, RuleSpec())
+    try:
+        keeper.check()
+        assert keeper.state.label_conflicts == 0
+        add_label_rule(backend_name, netns)
+        keeper.check()
+        assert keeper.state.label_conflicts == 1
+        add_label_rule(backend_name, netns, label=9)  # another bit: no conflict of ours
+        keeper.check()
+        assert keeper.state.label_conflicts == 1
+    finally:
+        keeper.stop(remove=True)
+
+
+# -- sampling sanity: the candidate counter -------------------------------------------------
+
+
+def add_notrack(backend: str, namespace: str) -> None:
+    """NOTRACK on the service port: conntrack never sees those connections, so no label."""
+    if backend != "nft":
+        sh(namespace, tool(backend, 4), "-w", "-t", "raw", "-A", "PREROUTING", "-p", "tcp",
+           "--dport", str(PORT), "-j", "CT", "--notrack")  # fmt: skip
+    else:
+        sh(namespace, "nft", "-f", "-", stdin=(
+            "table ip foreign {\n  chain raw {\n"
+            "    type filter hook prerouting priority raw; policy accept;\n"
+            f"    tcp dport {PORT} notrack\n  }}\n}}\n"
+        ))  # fmt: skip
+
+
+@ROOT
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_notrack_leaves_candidates_counted_and_nothing_sampled(
+    backend_name: str, make_netns: Callable[[], str]
+) -> None:
+    """With p = 1 every candidate is sampled, until NOTRACK blinds the sample rule: the
+    candidate counter (resetwatch_sampling_candidates_total) still grows."""
+    require(*tools(backend_name))
+    server, client = make_netns(), make_netns()
+    veth_pair(server, client, 4)
+    backend = backend_in(backend_name, server)
+    keeper = RulesKeeper(lambda name: backend, interval=3600)
+    keeper.install(backend_name, RuleSpec(probability=1.0, families=(4,)))
+    try:
+        connect(server, client, 4, rounds=1)
+        keeper.check()
+        assert keeper.state.candidates == 1
+        assert packet_counters(backend_name, server, 4)[ID_SAMPLE] == 1
+        add_notrack(backend_name, server)
+        connect(server, client, 4, rounds=1)
+        keeper.check()
+        assert keeper.state.candidates == 2
+        assert packet_counters(backend_name, server, 4)[ID_SAMPLE] == 1  # blind
+    finally:
+        keeper.stop(remove=True)

@@ -100,6 +100,12 @@ class SlowRules:
     def install(self, spec: RuleSpec) -> None:
         self.installed = spec
 
+    def label_users(self, spec: RuleSpec) -> list[str]:
+        return []
+
+    def candidates(self) -> Optional[int]:
+        return None
+
     def remove(self) -> None:
         self.removed = True
         self.installed = None

@@ -42,6 +42,12 @@ class Rules:
             raise RulesError(f"{self.name}: exit 1: cannot install")
         self.installed = spec
 
+    def label_users(self, spec: RuleSpec) -> list[str]:
+        return []
+
+    def candidates(self) -> Optional[int]:
+        return None
+
     def remove(self) -> None:
         self.installed = None
 

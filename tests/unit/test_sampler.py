@@ -78,6 +78,12 @@ class CountingRules:
         self.full = 0
         self.broken = False
 
+    def label_users(self, spec: RuleSpec) -> list[str]:
+        return []
+
+    def candidates(self) -> Optional[int]:
+        return None
+
     def remove(self) -> None:
         pass
 

@@ -118,6 +118,9 @@ def test_ready_comes_after_the_group_is_bound_and_the_rules_are_installed(
         def remove(self) -> None:
             steps.append("removed")
 
+        def label_users(self, spec: object) -> list[str]:
+            return []
+
     def bind(config: object, clock: object) -> IdleSource:
         steps.append("bound" if not messages(sock) else "bound after a message")
         return IdleSource()

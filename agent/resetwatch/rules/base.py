@@ -174,6 +174,16 @@ class RulesBackend(ABC):
         by the kernel since the last install; None where there is no such set."""
         return None
 
+    def candidates(self) -> Optional[int]:
+        """New SYNs the sample rule could have drawn for, counted by the kernel since the
+        last install; None when the rules are not installed."""
+        return None
+
+    def label_users(self, spec: RuleSpec) -> list[str]:
+        """Foreign rules that set the spec's conntrack label bit, each named for an operator
+        (empty for the stateless sampler, which sets no label)."""
+        return []
+
     @abstractmethod
     def present(self) -> bool:
         """True when some rules of ours are installed (use `check` to know if they are right)."""

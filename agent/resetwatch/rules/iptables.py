@@ -28,7 +28,18 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from .base import LOCK_WAIT, RulesBackend, RulesError, Runner, connlabel_bits, run_local
-from .spec import CHAIN, HEADER_COPY, ID_JUMP, ID_LOG, ID_LOG_SYN, ID_SAMPLE, LOG_PREFIX, RuleSpec
+from .conflicts import iptables_label_users
+from .spec import (
+    CHAIN,
+    HEADER_COPY,
+    ID_CANDIDATES,
+    ID_JUMP,
+    ID_LOG,
+    ID_LOG_SYN,
+    ID_SAMPLE,
+    LOG_PREFIX,
+    RuleSpec,
+)
 
 TABLE = "mangle"
 FLAVOURS = ("", "legacy", "nft")
@@ -86,6 +97,16 @@ def sample_rules(spec: RuleSpec) -> list[list[str]]:
             args += ["-m", "comment", "--comment", ID_SAMPLE]
             rules.append(args)
     return rules
+
+
+def candidate_rules(spec: RuleSpec) -> list[list[str]]:
+    """The sample rules without the draw, the label and the conntrack state: counting rules
+    (no target) for the SYNs the agent could have sampled, read by `candidates`."""
+    out = []
+    for args in sample_rules(spec):
+        cut = args.index("conntrack") - 1  # "-m conntrack": where the filters end
+        out.append([*args[:cut], "-m", "comment", "--comment", ID_CANDIDATES])
+    return out
 
 
 def log_rules(spec: RuleSpec, family: int) -> list[list[str]]:
@@ -201,6 +222,14 @@ class FamilyState:
     """PREROUTING rules jumping to our chain, each as its `-S` arguments after the chain name."""
     rules: list[str] = field(default_factory=list)
     """Rules of our chain, as `-S` arguments after the chain name."""
+    above: list[str] = field(default_factory=list)
+    """PREROUTING rules before the first jump to our chain (all of them when there is none)."""
+
+    @property
+    def shadowing(self) -> list[str]:
+        """The rules above our jump that may end a packet's walk through PREROUTING before it
+        reaches us (`-p tcp -j ACCEPT` at the top hides every connection of the family)."""
+        return [rule for rule in self.above if _may_end(rule)]
 
 
 def parse_listing(text: str) -> FamilyState:
@@ -217,7 +246,30 @@ def parse_listing(text: str) -> FamilyState:
             state.rules.append(line.split(None, 2)[2] if len(words) > 2 else "")
         elif words[:2] == ["-A", "PREROUTING"] and _jumps_to_us(words[2:]):
             state.jumps.append(line.split(None, 2)[2])
+        elif words[:2] == ["-A", "PREROUTING"] and not state.jumps:
+            state.above.append(line.split(None, 2)[2] if len(words) > 2 else "")
     return state
+
+
+PASS_THROUGH = frozenset(
+    {"MARK", "CONNMARK", "LOG", "NFLOG", "TRACE", "DSCP", "TOS", "TTL", "HL", "CLASSIFY", "TCPMSS"}
+)
+"""Targets that change or log a packet and let it go on to the next rule: a rule with one of
+these (or with no target, a counter) above our jump hides nothing, and leaving it there
+spares a fight with a tool that wants the top for itself."""
+
+
+def _may_end(rule: str) -> bool:
+    """True when a PREROUTING rule may end the walk: a verdict, or a jump to a chain (which
+    may ACCEPT) or any target this agent does not know to let packets through."""
+    try:
+        words = shlex.split(rule)
+    except ValueError:
+        return True
+    targets = [
+        words[k + 1] for k in range(len(words) - 1) if words[k] in ("-j", "--jump", "-g", "--goto")
+    ]
+    return any(target not in PASS_THROUGH for target in targets)
 
 
 def _jumps_to_us(args: list[str]) -> bool:
@@ -282,7 +334,7 @@ class IptablesBackend(RulesBackend):
             f":{CHAIN} - [0:0]",
         ]
         lines.append(f"-F {CHAIN}")
-        for args in [*sample_rules(spec), *log_rules(spec, family)]:
+        for args in [*candidate_rules(spec), *sample_rules(spec), *log_rules(spec, family)]:
             lines.append(f"-A {CHAIN} {_tokens(args)}")
         lines.extend(f"-D PREROUTING {jump}" for jump in delete_jumps)
         if add_jump:
@@ -339,6 +391,8 @@ class IptablesBackend(RulesBackend):
                 continue
             state = self.state(family)
             keep = next((j for j in state.jumps if canonical(shlex.split(j)) == wanted_jump), None)
+            if state.shadowing:
+                keep = None  # a rule above us can hide connections: the jump goes back on top
             extra = list(state.jumps)
             if keep is not None:
                 extra.remove(keep)
@@ -379,6 +433,30 @@ class IptablesBackend(RulesBackend):
             body = "\n".join(lines) + "\n" if lines else "# not installed\n"
             parts.append(f"{header}\n{body}")
         return "".join(parts)
+
+    def label_users(self, spec: RuleSpec) -> list[str]:
+        """`iptables-save` of every table, per wanted family: rules outside our chain that
+        `--set` our label."""
+        out: list[str] = []
+        for family in spec.families:
+            if self._available(family):
+                save = [f"{self.tools[family][0]}-save"]
+                text = self.run(save).stdout
+                users = iptables_label_users(text, spec.label, CHAIN)
+                out.extend(f"{FAMILY_NAMES[family]} {user}" for user in users)
+        return out
+
+    def candidates(self) -> Optional[int]:
+        """Packets counted by the candidate rules of every family (None: none installed)."""
+        total: Optional[int] = None
+        for family in (4, 6):
+            if not self._available(family):
+                continue
+            for line in self.listing(family, counters=True).splitlines():
+                found = re.search(r" -c (\d+) \d+", line)
+                if line.startswith(f"-A {CHAIN} ") and ID_CANDIDATES in line and found:
+                    total = (total or 0) + int(found.group(1))
+        return total
 
     def present(self) -> bool:
         for family in (4, 6):
@@ -421,7 +499,12 @@ class IptablesBackend(RulesBackend):
         if state.jumps and not good:
             found = _strip_counters(state.jumps[0])
             out.append(f"jump rule is `{found}`, wanted `{_tokens(JUMP_RULE)}`")
-        wanted = [*sample_rules(spec), *log_rules(spec, family)]
+        if state.jumps and state.shadowing:
+            out.append(
+                f"the jump to {CHAIN} is below `{_strip_counters(state.shadowing[0])}` in "
+                f"{TABLE} PREROUTING, which can hide connections from it"
+            )
+        wanted = [*candidate_rules(spec), *sample_rules(spec), *log_rules(spec, family)]
         for index in range(max(len(wanted), len(state.rules))):
             number = f"{CHAIN} rule {index + 1}"
             if index >= len(state.rules):

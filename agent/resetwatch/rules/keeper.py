@@ -18,6 +18,7 @@ from typing import Callable, Optional
 
 from ..periodic import Worker
 from .base import RulesBackend, RulesError
+from .conflicts import refusal
 from .spec import RuleSpec
 from .tracking import untracked_hint
 
@@ -42,6 +43,13 @@ class RulesState:
     """SYNs the stateless sampler's set had no room for, over every install of this run
     (the kernel's counter starts again at each install)."""
     _set_full_before: int = 0
+    candidates: int = 0
+    """New SYNs the sample rule could have drawn for, over every install of this run (the
+    kernel's rule counter starts again at each install), read at each check."""
+    _candidates_before: int = 0
+    label_conflicts: int = 0
+    """Foreign rules that set our conntrack label bit, at the last check (each makes every
+    connection it matches look sampled)."""
 
 
 class RulesKeeper:
@@ -77,6 +85,7 @@ class RulesKeeper:
         with self._lock:
             backend = self._backend_for(backend_name)
             hint = untracked_hint(spec.sampler)  # asked before our rules track anything
+            refuse_shared_label(backend, spec)
             backend.install(spec)
             self.backend, self.backend_name, self.spec = backend, backend_name, spec
             self.state.present = True
@@ -112,6 +121,8 @@ class RulesKeeper:
     def _check(self, backend: RulesBackend, spec: RuleSpec) -> None:
         differences = backend.check(spec)
         self._count_set_full(backend, spec)
+        self._count_candidates(backend)
+        self._count_label_users(backend, spec)
         if not differences:
             self.state.present = True
             return
@@ -122,6 +133,19 @@ class RulesKeeper:
         self.state.repairs += 1
         self.state.present = not backend.check(spec)
 
+    def _count_label_users(self, backend: RulesBackend, spec: RuleSpec) -> None:
+        """Another rule that sets our label bit while we run: counted, and logged once per
+        episode (when the count rises from zero), not at every check."""
+        users = backend.label_users(spec)
+        if users and not self.state.label_conflicts:
+            log.error("%s", refusal(users, spec.label).replace("would look", "looks"))
+        self.state.label_conflicts = len(users)
+
+    def _count_candidates(self, backend: RulesBackend) -> None:
+        count = backend.candidates()
+        if count is not None:
+            self.state.candidates = self.state._candidates_before + count
+
     def _count_set_full(self, backend: RulesBackend, spec: RuleSpec) -> None:
         if spec.sampler != "stateless":
             return
@@ -130,8 +154,9 @@ class RulesKeeper:
             self.state.set_full = self.state._set_full_before + count
 
     def _reinstalling(self) -> None:
-        """An install restarts the kernel's set-full counter: keep what it counted."""
+        """An install restarts the kernel's counters: keep what they counted."""
         self.state._set_full_before = self.state.set_full
+        self.state._candidates_before = self.state.candidates
 
     def swap(self, backend_name: Optional[str], spec: Optional[RuleSpec], *, remove: bool) -> None:
         """A reload: make the installed rules those of `spec` with `backend_name` (None: stop
@@ -147,9 +172,11 @@ class RulesKeeper:
                 return
             self._reinstalling()
             if current is not None and backend_name == self.backend_name:
+                refuse_shared_label(current, spec)
                 current.install(spec)
             else:
                 fresh = self._backend_for(backend_name)
+                refuse_shared_label(fresh, spec)
                 if current is not None:
                     current.remove()
                 try:
@@ -183,3 +210,11 @@ class RulesKeeper:
                     outcome = "NOT removed (see above)"
             self.state.present = False
         return outcome
+
+
+def refuse_shared_label(backend: RulesBackend, spec: RuleSpec) -> None:
+    """Before installing: another rule that sets our label bit is a RulesError (one line,
+    naming the rule), because it would make every connection it matches look sampled."""
+    users = backend.label_users(spec)
+    if users:
+        raise RulesError(refusal(users, spec.label))

@@ -35,8 +35,10 @@ from typing import Any, Optional
 
 from . import stateless
 from .base import RulesBackend, RulesError, Runner, connlabel_bits, run_local
+from .conflicts import nft_label_users
 from .spec import (
     HEADER_COPY,
+    ID_CANDIDATES,
     ID_LOG,
     ID_LOG_SYN,
     ID_SAMPLE,
@@ -200,9 +202,25 @@ def stateless_rules(spec: RuleSpec, seed: int) -> list[tuple[str, str, list[Json
     return rules
 
 
+def candidate_rule(spec: RuleSpec) -> tuple[str, str, list[Json]]:
+    """Counts the SYNs either sampler could have drawn for: its filters, no draw and no
+    conntrack state (a NOTRACK rule that blinds the sampler leaves them counted)."""
+    text = " ".join([*_filters_text(spec), _PLAIN_SYN])
+    exprs = [*_filters_json(spec), _match({"&": [_FLAGS, list(_TCP_FLAGS)]}, "syn")]
+    return (
+        ID_CANDIDATES,
+        f'{text} counter comment "{ID_CANDIDATES}"',
+        [*exprs, {"counter": None}],
+    )
+
+
 def wanted_rules(spec: RuleSpec, seed: int = 0) -> list[tuple[str, str, list[Json]]]:
     """(id comment, rendered text, expressions as `nft -j` lists them) for each of our rules;
-    `seed` keys the stateless sampler's hash."""
+    `seed` keys the stateless sampler's hash. The candidate counter comes first."""
+    return [candidate_rule(spec), *_sampler_rules(spec, seed)]
+
+
+def _sampler_rules(spec: RuleSpec, seed: int) -> list[tuple[str, str, list[Json]]]:
     if spec.sampler == "stateless":
         return stateless_rules(spec, seed)
     mod, op, value = _numgen(spec)
@@ -392,6 +410,29 @@ class NftBackend(RulesBackend):
 
     def present(self) -> bool:
         return self._list(json_output=False) is not None
+
+    def label_users(self, spec: RuleSpec) -> list[str]:
+        """Rules of the whole ruleset, outside our table, that `ct label set` our bit."""
+        if spec.sampler != "conntrack":
+            return []
+        argv = ["nft", "-j", "list", "ruleset"]
+        try:
+            objects = json.loads(self.run(argv).stdout).get("nftables", [])
+        except (ValueError, AttributeError) as err:
+            raise RulesError(f"`{' '.join(argv)}`: bad JSON ({err})") from err
+        return nft_label_users(objects, spec.label, (FAMILY, NFT_TABLE))
+
+    def candidates(self) -> Optional[int]:
+        """Packets the candidate rule counted since the install (None: not installed)."""
+        objects = self._objects()
+        if objects is None:
+            return None
+        counts = [
+            rule_counter(rule)
+            for rule in self._rules(objects)
+            if rule.get("comment") == ID_CANDIDATES
+        ]
+        return sum(counts) if counts else None
 
     def set_full(self) -> Optional[int]:
         """Sampled SYNs the stateless sampler's full set could not take, since the install."""

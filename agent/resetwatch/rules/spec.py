@@ -26,6 +26,9 @@ ID_JUMP = "resetwatch:jump"
 ID_SAMPLE = "resetwatch:sample"
 ID_LOG_SYN = "resetwatch:log-syn"
 ID_LOG = "resetwatch:log"
+ID_CANDIDATES = "resetwatch:candidates"
+"""Counts the SYNs the sample rule could have drawn for (its filters, no draw, no conntrack
+state, so a NOTRACK rule that blinds the sampler still leaves them counted)."""
 """Rule id comments: they let `check` and a human reading `iptables -S` find our rules."""
 
 MIN_PROBABILITY = 1.0 / 2**31
