@@ -47,6 +47,10 @@ class SynSignature(NamedTuple):
     df: bool
     ack: int
     options: str
+    flags: int
+    """The SYN's TCP flag bits (SYN alone, or with ECE and CWR when it asks for ECN, ...)."""
+    data: bool
+    """The SYN carried payload (TCP Fast Open, or a scanner's request)."""
 
 
 class Resets(int):
@@ -132,6 +136,28 @@ _CLOSES = tuple(bool(flags & (RST | FIN)) for flags in range(256))
 # Shared int objects, so that a flow holding common values costs a pointer, not a new int.
 _TTL_BITS = tuple(1 << ttl for ttl in range(256))
 _U16_INTS = tuple(range(65536))
+# An IP ID's offset from the SYN's, in -32768..32767, by `ip_id - syn_ipid` (a negative
+# difference indexes from the end, which is the same offset modulo 2**16: the wrap is free).
+_ID_OFFSET = tuple(range(32768)) + tuple(range(-32768, 0))
+# `Flow.id_low`/`id_high` with no non-zero IP ID yet (low above high: the empty range).
+NO_ID_LOW = 32768
+NO_ID_HIGH = -32769
+
+
+def _rst_ids_after(rst_ids: int, offset: int) -> int:
+    """`Flow.rst_ids` after one more packet with RST set whose IP ID is at `offset` (from the
+    SYN's): the lowest and highest such offsets, packed (0: none yet). Commutes: min, max."""
+    if not rst_ids:
+        return 1 << 32 | (offset + 32768) * 65537
+    low = (rst_ids & 0xFFFF) - 32768
+    high = (rst_ids >> 16 & 0xFFFF) - 32768
+    if offset < low:
+        low = offset
+    elif offset > high:
+        high = offset
+    else:
+        return rst_ids
+    return 1 << 32 | (high + 32768) << 16 | (low + 32768)
 # The summary of a lone RST+ACK (the most common reset) by TTL, shared between flows.
 _ONE_RSTACK = tuple(_resets(4, 0, bit) for bit in _TTL_BITS)
 
@@ -165,11 +191,11 @@ def _after_reset(resets: Optional[Resets], flags: int, ack: int, ttl: int) -> Re
 # SYN signatures seen, shared between flows and numbered for packed SYNs (below). Bounded: a
 # flood of random windows must not grow it; beyond it flows keep signatures of their own.
 _SIGNATURE_LIST: list[SynSignature] = []
-_SIGNATURE_INDEX: dict[tuple[int, int, bool, int, str], int] = {}
+_SIGNATURE_INDEX: dict[tuple[int, int, bool, int, str, int, bool], int] = {}
 _SIGNATURES_MAX = 4096
 
 
-def _signature_index(fields: tuple[int, int, bool, int, str]) -> int:
+def _signature_index(fields: tuple[int, int, bool, int, str, int, bool]) -> int:
     """The number of a shared signature with these fields; -1 when the list is full."""
     index = _SIGNATURE_INDEX.get(fields)
     if index is None:
@@ -191,10 +217,10 @@ _PLAIN_SYN = ~(ECE | CWR) & 0xFF
 
 def pack_syn(packet: PacketFields) -> Optional[int]:
     """The packed form of a flow that has only this SYN, or None if it needs a `Flow`."""
-    ts, _, flags, seq, ack, window, ttl, ip_id, df, _, options = packet
+    ts, _, flags, seq, ack, window, ttl, ip_id, df, payload_len, options = packet
     if flags & _PLAIN_SYN != SYN:
         return None
-    index = _signature_index((ttl, window, df, ack, options))
+    index = _signature_index((ttl, window, df, ack, options, flags, payload_len > 0))
     if index < 0:
         return None
     ts_bits: int = _U64.unpack(_F64.pack(ts))[0]
@@ -215,11 +241,16 @@ def unpack_syn(key: bytes, packed: int) -> Flow:
     flow.first_ts = flow.last_ts = _F64.unpack(_U64.pack(packed >> 64))[0]
     flow.packets = 1
     flow.syn_seq = packed >> 32 & 0xFFFFFFFF
-    flow.syn_ipid = _U16_INTS[packed >> 16 & 0xFFFF]
+    flow.syn_ipid = ip_id = _U16_INTS[packed >> 16 & 0xFFFF]
     flow.syn = sig
     flow.marks = 0
     flow.ttls = _TTL_BITS[sig.ttl]
     flow.resets = None
+    if ip_id:
+        flow.id_low = flow.id_high = 0
+    else:
+        flow.id_low, flow.id_high = NO_ID_LOW, NO_ID_HIGH
+    flow.rst_ids = 0
     return flow
 
 
@@ -228,11 +259,14 @@ class Flow:
 
     __slots__ = (
         "first_ts",
+        "id_high",
+        "id_low",
         "key",
         "last_ts",
         "marks",
         "packets",
         "resets",
+        "rst_ids",
         "syn",
         "syn_ipid",
         "syn_seq",
@@ -249,16 +283,26 @@ class Flow:
     marks: int
     ttls: int
     resets: Optional[Resets]
+    id_low: int
+    """The lowest offset (see `_ID_OFFSET`) from the SYN's IP ID of the non-zero IP IDs of the
+    packets without RST, the SYN's included (zero IDs carry no counter: Linux sends ID 0 on
+    some packets with DF set; IPv6 has none); `NO_ID_LOW` when there is none."""
+    id_high: int
+    """The highest such offset; `NO_ID_HIGH` when there is none."""
+    rst_ids: int
+    """The lowest and highest offsets of the non-zero IP IDs of packets with RST set, packed
+    (see `_rst_ids_after`); 0 when there is none."""
 
     def __init__(self, packet: PacketFields) -> None:
-        ts, key, flags, seq, ack, window, ttl, ip_id, df, _, options = packet
+        ts, key, flags, seq, ack, window, ttl, ip_id, df, payload_len, options = packet
         self.key = key
         self.first_ts = self.last_ts = ts
         self.resets = None
+        self.rst_ids = 0
         if _OPENS[flags]:
             self.syn_seq = seq
             self.syn_ipid = _U16_INTS[ip_id]
-            fields = (ttl, _U16_INTS[window], df, ack, options)
+            fields = (ttl, _U16_INTS[window], df, ack, options, flags, payload_len > 0)
             index = _SIGNATURE_INDEX.get(fields)
             if index is None:
                 index = _signature_index(fields)
@@ -268,6 +312,10 @@ class Flow:
                 self.packets = 1
                 self.marks = 0
                 self.ttls = _TTL_BITS[ttl]
+                if ip_id:
+                    self.id_low = self.id_high = 0
+                else:
+                    self.id_low, self.id_high = NO_ID_LOW, NO_ID_HIGH
                 return
         else:
             self.syn_seq = None
@@ -276,12 +324,13 @@ class Flow:
         self.packets = 0
         self.marks = 0
         self.ttls = 0
+        self.id_low, self.id_high = NO_ID_LOW, NO_ID_HIGH
         self.absorb(packet)
 
     def absorb(self, packet: PacketFields) -> None:
         """Add one packet to the summary. Every update commutes with every other."""
         # One unpack instead of many attribute reads: this runs for every packet.
-        ts, _, flags, _, ack, _, ttl, _, _, _, _ = packet
+        ts, _, flags, _, ack, _, ttl, ip_id, _, _, _ = packet
         self.packets += 1
         if ts > self.last_ts:
             self.last_ts = ts
@@ -289,11 +338,19 @@ class Flow:
             self.first_ts = ts
         if _RESETS[flags]:
             self.resets = _after_reset(self.resets, flags, ack, ttl)
+            if ip_id:
+                self.rst_ids = _rst_ids_after(self.rst_ids, _ID_OFFSET[ip_id - self.syn_ipid])
         else:
             bit = _TTL_BITS[ttl]
             ttls = self.ttls
             if not ttls & bit:
                 self.ttls = ttls | bit if ttls else bit
+            if ip_id:
+                offset = _ID_OFFSET[ip_id - self.syn_ipid]
+                if offset < self.id_low:
+                    self.id_low = offset
+                if offset > self.id_high:
+                    self.id_high = offset
         self.marks = _MARKS_AFTER[self.marks][flags]
 
     @property
@@ -448,7 +505,7 @@ class FlowTable:
         next_close = closing.front()
         try:
             for packet in packets:
-                ts, key, flags, seq, ack, _, ttl, _, _, _, _ = packet
+                ts, key, flags, seq, ack, _, ttl, ip_id, _, _, _ = packet
                 if ts > clock:
                     clock = ts
                 if clock >= next_close:  # close lingers ended: judge before going on
@@ -492,11 +549,21 @@ class FlowTable:
                     flow.first_ts = ts
                 if _RESETS[flags]:
                     flow.resets = _after_reset(resets, flags, ack, ttl)
+                    if ip_id:
+                        flow.rst_ids = _rst_ids_after(
+                            flow.rst_ids, _ID_OFFSET[ip_id - flow.syn_ipid]
+                        )
                 else:
                     bit = _TTL_BITS[ttl]
                     ttls = flow.ttls
                     if not ttls & bit:
                         flow.ttls = ttls | bit if ttls else bit
+                    if ip_id:
+                        offset = _ID_OFFSET[ip_id - flow.syn_ipid]
+                        if offset < flow.id_low:
+                            flow.id_low = offset
+                        if offset > flow.id_high:
+                            flow.id_high = offset
                 flow.marks = _MARKS_AFTER[marks][flags]
                 if count >= MAX_PACKETS:
                     self._end(flow, None)
