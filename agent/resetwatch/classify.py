@@ -229,12 +229,12 @@ def _zmap_tag(flow: Flow) -> Optional[Tag]:
     return None
 
 
-def _ipid_jump(flow: Flow) -> bool:
+def _ipid_jump(flow: Flow, resets: Resets) -> bool:
     """Some packet with RST set has a non-zero IP ID more than `IPID_JUMP_DISTANCE` from the
     range of the flow's other non-zero IDs. Offsets are from the SYN's ID (see `Flow.id_low`);
     a range reaching round to the far side of the SYN's ID is no evidence (the test would
     wrap), nor is a flow with no other non-zero ID."""
-    rst_ids = flow.rst_ids
+    rst_ids = resets.ids
     low, high = flow.id_low, flow.id_high
     if not rst_ids or low > high:
         return False
@@ -300,7 +300,7 @@ def classify(flow: Flow) -> Verdict:
         tag_list.append(_TAG_TTL_MISMATCH)
     if zmap is _TAG_ZMAP_MODERN:
         tag_list.append(zmap)
-    if resets is not None and flow.rst_ids and _ipid_jump(flow):
+    if resets is not None and resets >> 37 & 1 << 32 and _ipid_jump(flow, resets):
         tag_list.append(_TAG_IPID_JUMP)
     if scanner:
         tag_list.append(_TAG_SCANNER_TTL)

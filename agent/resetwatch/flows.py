@@ -56,9 +56,9 @@ class SynSignature(NamedTuple):
 class Resets(int):
     """A flow's packets with RST set, as the classifier needs them: order-free, and bounded.
 
-    One int (about 70 bytes at most, where a tuple of every RST cost about 100 bytes per RST,
-    and a tuple of these three fields 150): bits 0-4 `shape`, 5-36 `ack`, 37 and up `ttls`.
-    It unpacks like the tuple `(shape, ack, ttls)`.
+    One int (about 75 bytes at most, where a tuple of every RST cost about 100 bytes per RST,
+    and a tuple of these fields 150): bits 0-4 `shape`, 5-36 `ack`, 37-69 `ids`, 70 and up
+    `ttls`. It unpacks like the tuple `(shape, ack, ids, ttls)`.
     """
 
     __slots__ = ()
@@ -75,9 +75,15 @@ class Resets(int):
         return self >> 5 & 0xFFFFFFFF
 
     @property
+    def ids(self) -> int:
+        """The lowest and highest offsets from the SYN's IP ID (see `_ID_OFFSET`) of the
+        non-zero IP IDs of the packets with RST set, packed by `_rst_ids_after`; 0: none."""
+        return self >> 37 & _IDS_MASK
+
+    @property
     def ttls(self) -> int:
         """Bit t set: some packet with RST set had TTL or hop limit t."""
-        return self >> 37
+        return self >> 70
 
     @property
     def rsts(self) -> int:
@@ -90,15 +96,16 @@ class Resets(int):
         return self >> 2 & 3
 
     def __iter__(self) -> Iterator[int]:
-        return iter((self & 31, self >> 5 & 0xFFFFFFFF, self >> 37))
+        return iter((self & 31, self >> 5 & 0xFFFFFFFF, self >> 37 & _IDS_MASK, self >> 70))
 
 
 ACKS_DIFFER = 16
+_IDS_MASK = (1 << 33) - 1
 _new_resets = int.__new__
 
 
-def _resets(shape: int, ack: int, ttls: int) -> Resets:
-    return _new_resets(Resets, shape | ack << 5 | ttls << 37)
+def _resets(shape: int, ack: int, ttls: int, ids: int = 0) -> Resets:
+    return _new_resets(Resets, shape | ack << 5 | ids << 37 | ttls << 70)
 
 
 # Flow.marks bits (one int instead of several slots: a flow is held by the hundred thousand).
@@ -162,14 +169,24 @@ def _rst_ids_after(rst_ids: int, offset: int) -> int:
 _ONE_RSTACK = tuple(_resets(4, 0, bit) for bit in _TTL_BITS)
 
 
-def _after_reset(resets: Optional[Resets], flags: int, ack: int, ttl: int) -> Resets:
-    """`resets` after one more packet with RST set. Every update commutes with every other:
-    counts saturate, the ack number kept is the lowest, and "differ" only ever gets set."""
+def _after_reset(
+    resets: Optional[Resets], flags: int, ack: int, ttl: int, offset: int = 0, ip_id: int = 0
+) -> Resets:
+    """`resets` after one more packet with RST set, whose IP ID (if `ip_id` is not 0) is at
+    `offset` from the SYN's. Every update commutes with every other: counts saturate, the ack
+    number kept is the lowest, "differ" only ever gets set, the IP IDs kept are min and max."""
     if resets is None:
+        if not ip_id:
+            if flags & ACK:
+                return _ONE_RSTACK[ttl]
+            return _resets(1, ack, _TTL_BITS[ttl])
         if flags & ACK:
-            return _ONE_RSTACK[ttl]
-        return _resets(1, ack, _TTL_BITS[ttl])
-    shape, low, ttls = resets & 31, resets >> 5 & 0xFFFFFFFF, resets >> 37
+            return _resets(4, 0, _TTL_BITS[ttl], _rst_ids_after(0, offset))
+        return _resets(1, ack, _TTL_BITS[ttl], _rst_ids_after(0, offset))
+    shape, low, ttls = resets & 31, resets >> 5 & 0xFFFFFFFF, resets >> 70
+    ids = old_ids = resets >> 37 & _IDS_MASK
+    if ip_id:
+        ids = _rst_ids_after(ids, offset)
     if flags & ACK:
         if shape & 12 != 8:  # fewer than 2 RST+ACKs
             shape += 4
@@ -185,9 +202,9 @@ def _after_reset(resets: Optional[Resets], flags: int, ack: int, ttl: int) -> Re
         if count < 2:
             shape += 1
     bit = _TTL_BITS[ttl]
-    if ttls & bit and shape == resets & 31 and low == resets >> 5 & 0xFFFFFFFF:
+    if ttls & bit and shape == resets & 31 and low == resets >> 5 & 0xFFFFFFFF and ids == old_ids:
         return resets  # nothing new: keep the object
-    return _resets(shape, low, ttls | bit)
+    return _resets(shape, low, ttls | bit, ids)
 # SYN signatures seen, shared between flows and numbered for packed SYNs (below). Bounded: a
 # flood of random windows must not grow it; beyond it flows keep signatures of their own.
 _SIGNATURE_LIST: list[SynSignature] = []
@@ -250,7 +267,6 @@ def unpack_syn(key: bytes, packed: int) -> Flow:
         flow.id_low = flow.id_high = 0
     else:
         flow.id_low, flow.id_high = NO_ID_LOW, NO_ID_HIGH
-    flow.rst_ids = 0
     return flow
 
 
@@ -266,7 +282,6 @@ class Flow:
         "marks",
         "packets",
         "resets",
-        "rst_ids",
         "syn",
         "syn_ipid",
         "syn_seq",
@@ -288,17 +303,14 @@ class Flow:
     packets without RST, the SYN's included (zero IDs carry no counter: Linux sends ID 0 on
     some packets with DF set; IPv6 has none); `NO_ID_LOW` when there is none."""
     id_high: int
-    """The highest such offset; `NO_ID_HIGH` when there is none."""
-    rst_ids: int
-    """The lowest and highest offsets of the non-zero IP IDs of packets with RST set, packed
-    (see `_rst_ids_after`); 0 when there is none."""
+    """The highest such offset; `NO_ID_HIGH` when there is none. (Those of the packets with
+    RST set are in `Resets.ids`.)"""
 
     def __init__(self, packet: PacketFields) -> None:
         ts, key, flags, seq, ack, window, ttl, ip_id, df, payload_len, options = packet
         self.key = key
         self.first_ts = self.last_ts = ts
         self.resets = None
-        self.rst_ids = 0
         if _OPENS[flags]:
             self.syn_seq = seq
             self.syn_ipid = _U16_INTS[ip_id]
@@ -337,9 +349,8 @@ class Flow:
         elif ts < self.first_ts:
             self.first_ts = ts
         if _RESETS[flags]:
-            self.resets = _after_reset(self.resets, flags, ack, ttl)
-            if ip_id:
-                self.rst_ids = _rst_ids_after(self.rst_ids, _ID_OFFSET[ip_id - self.syn_ipid])
+            offset = _ID_OFFSET[ip_id - self.syn_ipid]
+            self.resets = _after_reset(self.resets, flags, ack, ttl, offset, ip_id)
         else:
             bit = _TTL_BITS[ttl]
             ttls = self.ttls
@@ -548,11 +559,9 @@ class FlowTable:
                 elif ts < flow.first_ts:
                     flow.first_ts = ts
                 if _RESETS[flags]:
-                    flow.resets = _after_reset(resets, flags, ack, ttl)
-                    if ip_id:
-                        flow.rst_ids = _rst_ids_after(
-                            flow.rst_ids, _ID_OFFSET[ip_id - flow.syn_ipid]
-                        )
+                    flow.resets = _after_reset(
+                        resets, flags, ack, ttl, _ID_OFFSET[ip_id - flow.syn_ipid], ip_id
+                    )
                 else:
                     bit = _TTL_BITS[ttl]
                     ttls = flow.ttls

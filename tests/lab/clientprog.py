@@ -14,6 +14,8 @@ Actions (the first argument):
     ``fin_abort`` (send a FIN with shutdown, then abort: a FIN and a RST on one flow).
 ``forge``    open a connection, then send forged RSTs on its 4-tuple with scapy (JSON spec on
     stdin), then silence the real socket as ``hang`` does. Prints JSON of what was sent.
+``aborts``   ``--count`` connections from consecutive source ports, each aborted after 0-2
+    requests (the ordinary aborting clients of the `ipid_jump` false-positive test).
 ``syn``      send one bare SYN with scapy (no socket, so the kernel answers the server's
     SYN-ACK with a RST).
 """
@@ -161,6 +163,19 @@ def session(args: argparse.Namespace) -> dict[str, Any]:
     return {"sport": args.sport, "received": received}
 
 
+def aborts(args: argparse.Namespace) -> dict[str, Any]:
+    """`--count` connections from consecutive source ports from `--sport`, each sending 0, 1
+    or 2 requests (in turn, reading the replies), then aborting (SO_LINGER 0): ordinary
+    aborting clients, one process for all."""
+    for n in range(args.count):
+        sock = _connect(args.dst, args.port, args.sport + n)
+        for k in range(n % 3):
+            sock.sendall(_request(args.dst, k))
+            _read_reply(sock)
+        _abort(sock)
+    return {"sport": args.sport, "count": args.count}
+
+
 def _scapy() -> Any:
     """Import scapy late: it takes about a second, and only the forging actions need it."""
     import scapy.all as scapy
@@ -291,6 +306,11 @@ def main() -> int:
     p.add_argument("--settle", type=float, default=0.0)
     p.add_argument("--fastopen", action="store_true", help="the first request in the SYN")
     p.add_argument("--end", choices=("abort", "fin_abort", "close", "hang"), required=True)
+    p = sub.add_parser("aborts")
+    p.add_argument("--dst", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--sport", type=int, required=True)
+    p.add_argument("--count", type=int, required=True)
     p = sub.add_parser("forge")
     p.add_argument("--iface", required=True)
     p = sub.add_parser("syn")
@@ -302,7 +322,8 @@ def main() -> int:
     p.add_argument("--ttl", type=int)
     p.add_argument("--zmap-modern", action="store_true", help="shaped like ZMap 4.1+ (IPv4)")
     args = parser.parse_args()
-    result = {"session": session, "forge": forge, "syn": syn}[args.action](args)
+    actions = {"session": session, "aborts": aborts, "forge": forge, "syn": syn}
+    result = actions[args.action](args)
     print(json.dumps(result), flush=True)
     return 0
 

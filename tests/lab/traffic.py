@@ -192,6 +192,16 @@ def abort_after_send(lab: Lab, dst: str, port: int, sport: int) -> dict[str, Any
     )
 
 
+def many_aborts(lab: Lab, dst: str, port: int, sport: int, count: int) -> dict[str, Any]:
+    """`count` ordinary aborting clients (real sockets, SO_LINGER 0) from source ports
+    `sport`, `sport` + 1, ...: each sends 0, 1 or 2 requests in turn, then resets."""
+    _check_target(lab, dst)
+    argv = [sys.executable, CLIENT_PROG, "aborts", "--dst", dst, "--port", str(port),
+            "--sport", str(sport), "--count", str(count)]  # fmt: skip
+    proc = lab.run("client", argv, timeout=_TIMEOUT_S + count)
+    return dict(json.loads(proc.stdout))
+
+
 def fastopen_then_abort(lab: Lab, dst: str, port: int, sport: int) -> dict[str, Any]:
     """TCP Fast Open: the request rides in the SYN (the client namespace's
     ``net.ipv4.tcp_fastopen`` set to 5: client on, no cookie needed), the reply is read, then

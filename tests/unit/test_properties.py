@@ -109,7 +109,7 @@ def test_the_table_summarises_as_flow_absorb_does(flow_packets) -> None:
     general.packets = general.marks = general.ttls = 0
     general.resets = None
     general.syn_seq, general.syn_ipid, general.syn = syn.seq, syn.ip_id, Flow(syn).syn
-    general.id_low, general.id_high, general.rst_ids = NO_ID_LOW, NO_ID_HIGH, 0
+    general.id_low, general.id_high = NO_ID_LOW, NO_ID_HIGH
     general.absorb(syn)
     assert summary(general) == summary(Flow(syn))
 
