@@ -152,7 +152,7 @@ NO_ID_HIGH = -32769
 
 
 def _rst_ids_after(rst_ids: int, offset: int) -> int:
-    """`Flow.rst_ids` after one more packet with RST set whose IP ID is at `offset` (from the
+    """`Resets.ids` after one more packet with RST set whose IP ID is at `offset` (from the
     SYN's): the lowest and highest such offsets, packed (0: none yet). Commutes: min, max."""
     if not rst_ids:
         return 1 << 32 | (offset + 32768) * 65537
@@ -165,6 +165,8 @@ def _rst_ids_after(rst_ids: int, offset: int) -> int:
     else:
         return rst_ids
     return 1 << 32 | (high + 32768) << 16 | (low + 32768)
+
+
 # The summary of a lone RST+ACK (the most common reset) by TTL, shared between flows.
 _ONE_RSTACK = tuple(_resets(4, 0, bit) for bit in _TTL_BITS)
 
