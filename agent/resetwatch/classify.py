@@ -231,15 +231,15 @@ def _zmap_tag(flow: Flow) -> Optional[Tag]:
 
 def _ipid_jump(flow: Flow, resets: Resets) -> bool:
     """Some packet with RST set has a non-zero IP ID more than `IPID_JUMP_DISTANCE` from the
-    range of the flow's other non-zero IDs. Offsets are from the SYN's ID (see `Flow.id_low`);
+    range of the flow's other non-zero IDs. Offsets are from the SYN's ID (see `Flow.ids`);
     a range reaching round to the far side of the SYN's ID is no evidence (the test would
-    wrap), nor is a flow with no other non-zero ID."""
+    wrap), nor is a flow whose SYN has IP ID 0."""
     rst_ids = resets.ids
-    low, high = flow.id_low, flow.id_high
-    if not rst_ids or low > high:
+    ids = flow.ids
+    if not rst_ids or ids < 0:
         return False
-    low -= IPID_JUMP_DISTANCE
-    high += IPID_JUMP_DISTANCE
+    low = -(ids >> 16) - IPID_JUMP_DISTANCE
+    high = (ids & 0xFFFF) + IPID_JUMP_DISTANCE
     if low < -32768 or high > 32767:
         return False
     return (rst_ids & 0xFFFF) - 32768 < low or (rst_ids >> 16 & 0xFFFF) - 32768 > high

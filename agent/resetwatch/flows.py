@@ -146,9 +146,8 @@ _U16_INTS = tuple(range(65536))
 # An IP ID's offset from the SYN's, in -32768..32767, by `ip_id - syn_ipid` (a negative
 # difference indexes from the end, which is the same offset modulo 2**16: the wrap is free).
 _ID_OFFSET = tuple(range(32768)) + tuple(range(-32768, 0))
-# `Flow.id_low`/`id_high` with no non-zero IP ID yet (low above high: the empty range).
-NO_ID_LOW = 32768
-NO_ID_HIGH = -32769
+NO_IDS = -1
+"""`Flow.ids` of a flow whose SYN had IP ID 0 (or that has no SYN): no origin, no evidence."""
 
 
 def _rst_ids_after(rst_ids: int, offset: int) -> int:
@@ -165,6 +164,20 @@ def _rst_ids_after(rst_ids: int, offset: int) -> int:
     else:
         return rst_ids
     return 1 << 32 | (high + 32768) << 16 | (low + 32768)
+
+
+def _ids_after(ids: int, offset: int) -> int:
+    """`Flow.ids` (not `NO_IDS`) after one more non-zero IP ID at `offset`: min and max, so
+    it commutes. The common range, low 0 and high under 2**16, is a shared int."""
+    high = ids & 0xFFFF
+    below = ids >> 16
+    if offset > high:
+        high = offset
+    elif -offset > below:
+        below = -offset
+    else:
+        return ids
+    return _U16_INTS[high] if not below else below << 16 | high
 
 
 # The summary of a lone RST+ACK (the most common reset) by TTL, shared between flows.
@@ -259,16 +272,13 @@ def unpack_syn(key: bytes, packed: int) -> Flow:
     flow.key = key
     flow.first_ts = flow.last_ts = _F64.unpack(_U64.pack(packed >> 64))[0]
     flow.packets = 1
-    flow.syn_seq = packed >> 32 & 0xFFFFFFFF
-    flow.syn_ipid = ip_id = _U16_INTS[packed >> 16 & 0xFFFF]
+    ip_id = packed >> 16 & 0xFFFF
+    flow.syn_seqid = packed >> 32 & 0xFFFFFFFF | ip_id << 32
     flow.syn = sig
     flow.marks = 0
     flow.ttls = _TTL_BITS[sig.ttl]
     flow.resets = None
-    if ip_id:
-        flow.id_low = flow.id_high = 0
-    else:
-        flow.id_low, flow.id_high = NO_ID_LOW, NO_ID_HIGH
+    flow.ids = 0 if ip_id else NO_IDS
     return flow
 
 
@@ -277,16 +287,14 @@ class Flow:
 
     __slots__ = (
         "first_ts",
-        "id_high",
-        "id_low",
+        "ids",
         "key",
         "last_ts",
         "marks",
         "packets",
         "resets",
         "syn",
-        "syn_ipid",
-        "syn_seq",
+        "syn_seqid",
         "ttls",
     )
 
@@ -294,19 +302,19 @@ class Flow:
     first_ts: float
     last_ts: float
     packets: int
-    syn_seq: Optional[int]
-    syn_ipid: int
+    syn_seqid: Optional[int]
+    """The SYN's sequence number, and its IP ID above bit 32 (one int object for both: a
+    sequence number costs one anyway); None without a SYN. See `syn_seq`, `syn_ipid`."""
     syn: Optional[SynSignature]
     marks: int
     ttls: int
     resets: Optional[Resets]
-    id_low: int
-    """The lowest offset (see `_ID_OFFSET`) from the SYN's IP ID of the non-zero IP IDs of the
-    packets without RST, the SYN's included (zero IDs carry no counter: Linux sends ID 0 on
-    some packets with DF set; IPv6 has none); `NO_ID_LOW` when there is none."""
-    id_high: int
-    """The highest such offset; `NO_ID_HIGH` when there is none. (Those of the packets with
-    RST set are in `Resets.ids`.)"""
+    ids: int
+    """The range of the non-zero IP IDs of the flow's packets without RST, as offsets from
+    the SYN's ID (see `_ID_OFFSET`): `-low << 16 | high`, low <= 0 <= high (the SYN's own
+    offset is 0). Zero IDs carry no counter (Linux sends ID 0 on some packets with DF set;
+    IPv6 has none) and are left out; `NO_IDS` when the SYN's ID is 0 (no origin). Those of
+    the packets with RST set are in `Resets.ids`. Typically a small int, shared."""
 
     def __init__(self, packet: PacketFields) -> None:
         ts, key, flags, seq, ack, window, ttl, ip_id, df, payload_len, options = packet
@@ -314,8 +322,7 @@ class Flow:
         self.first_ts = self.last_ts = ts
         self.resets = None
         if _OPENS[flags]:
-            self.syn_seq = seq
-            self.syn_ipid = _U16_INTS[ip_id]
+            self.syn_seqid = seq | ip_id << 32
             fields = (ttl, _U16_INTS[window], df, ack, options, flags, payload_len > 0)
             index = _SIGNATURE_INDEX.get(fields)
             if index is None:
@@ -326,19 +333,16 @@ class Flow:
                 self.packets = 1
                 self.marks = 0
                 self.ttls = _TTL_BITS[ttl]
-                if ip_id:
-                    self.id_low = self.id_high = 0
-                else:
-                    self.id_low, self.id_high = NO_ID_LOW, NO_ID_HIGH
+                self.ids = 0 if ip_id else NO_IDS
                 return
+            self.ids = 0 if ip_id else NO_IDS
         else:
-            self.syn_seq = None
-            self.syn_ipid = 0
+            self.syn_seqid = None
             self.syn = None
+            self.ids = NO_IDS
         self.packets = 0
         self.marks = 0
         self.ttls = 0
-        self.id_low, self.id_high = NO_ID_LOW, NO_ID_HIGH
         self.absorb(packet)
 
     def absorb(self, packet: PacketFields) -> None:
@@ -350,25 +354,36 @@ class Flow:
             self.last_ts = ts
         elif ts < self.first_ts:
             self.first_ts = ts
+        ids = self.ids
         if _RESETS[flags]:
-            offset = _ID_OFFSET[ip_id - self.syn_ipid]
-            self.resets = _after_reset(self.resets, flags, ack, ttl, offset, ip_id)
+            if ip_id and ids >= 0:
+                offset = _ID_OFFSET[ip_id - ((self.syn_seqid or 0) >> 32)]
+                self.resets = _after_reset(self.resets, flags, ack, ttl, offset, ip_id)
+            else:
+                self.resets = _after_reset(self.resets, flags, ack, ttl)
         else:
             bit = _TTL_BITS[ttl]
             ttls = self.ttls
             if not ttls & bit:
                 self.ttls = ttls | bit if ttls else bit
-            if ip_id:
-                offset = _ID_OFFSET[ip_id - self.syn_ipid]
-                if offset < self.id_low:
-                    self.id_low = offset
-                if offset > self.id_high:
-                    self.id_high = offset
+            if ip_id and ids >= 0:
+                self.ids = _ids_after(ids, _ID_OFFSET[ip_id - ((self.syn_seqid or 0) >> 32)])
         self.marks = _MARKS_AFTER[self.marks][flags]
 
     @property
     def family(self) -> int:
         return key_family(self.key)
+
+    @property
+    def syn_seq(self) -> Optional[int]:
+        """The SYN's sequence number; None without a SYN."""
+        seqid = self.syn_seqid
+        return None if seqid is None else seqid & 0xFFFFFFFF
+
+    @property
+    def syn_ipid(self) -> int:
+        """The SYN's IP ID; 0 without a SYN (and for IPv6)."""
+        return (self.syn_seqid or 0) >> 32
 
     @property
     def data_packets(self) -> int:
@@ -544,7 +559,7 @@ class FlowTable:
                 marks = flow.marks
                 resets = flow.resets
                 if _OPENS[flags]:
-                    if seq != flow.syn_seq:
+                    if seq != flow.syn_seqid & 0xFFFFFFFF:  # type: ignore[operator]
                         # Port reuse: a new connection on the same ports.
                         superseded = resets is None and not marks & FIN_SEEN
                         self._end(flow, Exclusion.SUPERSEDED if superseded else None)
@@ -560,21 +575,27 @@ class FlowTable:
                     flow.last_ts = ts
                 elif ts < flow.first_ts:
                     flow.first_ts = ts
+                # A flow in the table has its SYN: `syn_seqid` is an int.
                 if _RESETS[flags]:
                     flow.resets = _after_reset(
-                        resets, flags, ack, ttl, _ID_OFFSET[ip_id - flow.syn_ipid], ip_id
-                    )
+                        resets, flags, ack, ttl,
+                        _ID_OFFSET[ip_id - (flow.syn_seqid >> 32)],  # type: ignore[operator]
+                        ip_id if flow.ids >= 0 else 0,
+                    )  # fmt: skip
                 else:
                     bit = _TTL_BITS[ttl]
                     ttls = flow.ttls
                     if not ttls & bit:
                         flow.ttls = ttls | bit if ttls else bit
                     if ip_id:
-                        offset = _ID_OFFSET[ip_id - flow.syn_ipid]
-                        if offset < flow.id_low:
-                            flow.id_low = offset
-                        if offset > flow.id_high:
-                            flow.id_high = offset
+                        ids = flow.ids
+                        if ids >= 0:
+                            syn_id = flow.syn_seqid >> 32  # type: ignore[operator]
+                            offset = _ID_OFFSET[ip_id - syn_id]
+                            if offset > ids:  # the common case: a new high, low still 0
+                                flow.ids = _U16_INTS[offset]
+                            elif offset > ids & 0xFFFF or -offset > ids >> 16:
+                                flow.ids = _ids_after(ids, offset)
                 flow.marks = _MARKS_AFTER[marks][flags]
                 if count >= MAX_PACKETS:
                     self._end(flow, None)

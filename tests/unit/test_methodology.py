@@ -152,8 +152,9 @@ EVIDENCE = [
      set()),
     ("ipid-syn-zero", {"ip_id": 0}, [("A", 1, {"ip_id": 5000}), ("R", 2, {"ip_id": 5001})],
      set()),
-    ("ipid-syn-zero-jump", {"ip_id": 0}, [("A", 1, {"ip_id": 5000}),
-                                          ("R", 2, {"ip_id": 50000})], {T.IPID_JUMP}),
+    # No origin when the SYN's ID is 0: no evidence (a choice: such flows are rare).
+    ("ipid-syn-zero-no-evidence", {"ip_id": 0}, [("A", 1, {"ip_id": 5000}),
+                                                 ("R", 2, {"ip_id": 50000})], set()),
     ("ipid-no-rst", {"ip_id": 1000}, [("A", 1, {"ip_id": 40000})], set()),
     ("ipid-v6", {"v6": 1}, [("A", 1, {}), ("R", 2, {})], set()),
     # Scanner heuristics and data in the SYN.

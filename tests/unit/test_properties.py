@@ -8,8 +8,7 @@ from hypothesis import strategies as st
 from resetwatch.classify import ACKNUM_TAGS, RESET_SHAPES, Category, Outcome, Tag, classify
 from resetwatch.flows import (
     MAX_PACKETS,
-    NO_ID_HIGH,
-    NO_ID_LOW,
+    NO_IDS,
     Flow,
     FlowTable,
     pack_syn,
@@ -108,8 +107,8 @@ def test_the_table_summarises_as_flow_absorb_does(flow_packets) -> None:
     general.key, general.first_ts, general.last_ts = syn.key, syn.ts, syn.ts
     general.packets = general.marks = general.ttls = 0
     general.resets = None
-    general.syn_seq, general.syn_ipid, general.syn = syn.seq, syn.ip_id, Flow(syn).syn
-    general.id_low, general.id_high = NO_ID_LOW, NO_ID_HIGH
+    general.syn_seqid, general.syn = syn.seq | syn.ip_id << 32, Flow(syn).syn
+    general.ids = 0 if syn.ip_id else NO_IDS
     general.absorb(syn)
     assert summary(general) == summary(Flow(syn))
 
