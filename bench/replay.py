@@ -69,9 +69,10 @@ What it does, in order:
       only and the 80/20 mix; plus the mix with the ACK sharing the SYN's key object. Then
       the worst case, measured the same way: hostile flows of a SYN and 8 RSTs (the most a
       flow holds before its 10th packet ends it), RST and RST+ACK alternating, every ack
-      number and TTL different (TTLs near 255, the largest bit sets), all within their close
-      linger; and the same after a flood of SYNs has taken every shared SYN signature, each
-      SYN with its own window, ack number and 40 bytes of options of unknown kinds.
+      number, TTL and (IPv4) IP ID different (TTLs near 255, the largest bit sets), all
+      within their close linger; and the same after a flood of SYNs has taken every shared
+      SYN signature, each SYN with its own window, ack number and 40 bytes of options of
+      unknown kinds.
 
 3. Peers on the same file in the same invocation: `tcpdump -nn -r FILE -w /dev/null` (C,
    read and copy), `tcpdump -nn -r FILE` printing to /dev/null (C, decode), `tshark -r FILE -q
@@ -987,7 +988,7 @@ def flow_bytes_hostile(
             table.add(
                 Packet(ts + (j + 1) * 1e-3, b"".join((src, dst, port)),
                        RST | (ACK if j % 2 else 0), rng.getrandbits(32), rng.getrandbits(32),
-                       0, 255 - 17 * j, 0, False, 0, "")
+                       0, 255 - 17 * j, 0 if v6 else rng.randrange(1, 65536), False, 0, "")
             )
     after = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()

@@ -19,6 +19,7 @@ from .flows import (
     Flow,
     Resets,
 )
+from .packet import SYN
 
 
 class Stage(DocEnum):
@@ -85,11 +86,22 @@ class Tag(DocEnum):
     )
     ZMAP_MODERN = (
         "zmap_modern",
-        "IPv4 SYN shaped like ZMap 4.1+: window 65535, no DF, ack 0, IP ID not 54321, "
-        "and one of ZMap's option templates.",
+        "IPv4 SYN shaped like ZMap 4.1+: window 65535, no DF, flags SYN alone, ack 0, IP ID "
+        "not 54321, one of ZMap's option templates, and a timestamps option (if any) whose "
+        "TSval is the Unix time in seconds and TSecr 0.",
         None,
         True,
     )
+    IPID_JUMP = (
+        "ipid_jump",
+        "An IPv4 RST's IP ID is more than 4096 (modulo 2^16) from every non-zero IP ID of the "
+        "flow's other packets; zero IDs never count.",
+        None,
+        True,
+    )
+    SCANNER_TTL = "scanner_ttl", "The SYN's TTL or hop limit is 200 or more.", None, True
+    NO_OPTIONS = "no_options", "The SYN carries no TCP options.", None, True
+    SYN_DATA = "syn_data", "The SYN carries payload (TCP Fast Open, or a request).", None, True
 
 
 RESET_SHAPES = (
@@ -109,12 +121,22 @@ ZMAP_WINDOW = 65535
 ZMAP_MODERN_OPTIONS = frozenset(
     (
         "M1460,W8,S",  # windows (the default layout)
-        "M1460,S,T,W7",  # linux
-        "M1460,W6,T,S",  # bsd
+        "M1460,S,Tu,W7",  # linux
+        "M1460,W6,Tu,S",  # bsd
         "M1460",  # smallest-probes
     )
 )
-"""ZMap 4.1+ SYN option templates, written without NOP and EOL padding (see `_unpadded`)."""
+"""ZMap 4.1+ SYN option templates, written without NOP and EOL padding (see `_unpadded`).
+`Tu`: ZMap's TSval is the Unix time in seconds at scan start, TSecr 0 (see
+`packet.options_fingerprint`); a real stack's random-offset TSval gives `T`."""
+
+IPID_JUMP_DISTANCE = 4096
+"""An RST's IP ID further than this from every other packet's of its flow is `ipid_jump`:
+well above what a per-host counter (Windows) advances between two packets of a connection,
+and 1/16 of the ID space, so a random injected ID jumps 7 times in 8."""
+SCANNER_TTL = 200
+"""A SYN with a TTL or hop limit of at least this is `scanner_ttl` (raw-socket tools default
+to 255; OS stacks to 64 or 128, less the hops)."""
 
 
 class Verdict(NamedTuple):
@@ -150,6 +172,8 @@ _STAGE_CATEGORY = {
 }
 _TAG_TIMEOUT, _TAG_RESET, _TAG_FIN = Tag.TIMEOUT, Tag.RESET, Tag.FIN
 _TAG_ZMAP, _TAG_ZMAP_MODERN, _TAG_TTL_MISMATCH = Tag.ZMAP, Tag.ZMAP_MODERN, Tag.TTL_MISMATCH
+_TAG_IPID_JUMP, _TAG_SCANNER_TTL = Tag.IPID_JUMP, Tag.SCANNER_TTL
+_TAG_NO_OPTIONS, _TAG_SYN_DATA = Tag.NO_OPTIONS, Tag.SYN_DATA
 _NO_TAGS: tuple[Tag, ...] = ()
 _ONLY_TIMEOUT = (_TAG_TIMEOUT,)
 
@@ -200,9 +224,25 @@ def _zmap_tag(flow: Flow) -> Optional[Tag]:
         return None
     if flow.syn_ipid == ZMAP_IP_ID:
         return _TAG_ZMAP
-    if not syn.df and syn.ack == 0 and _is_modern_template(syn.options):
+    if not syn.df and syn.flags == SYN and syn.ack == 0 and _is_modern_template(syn.options):
         return _TAG_ZMAP_MODERN
     return None
+
+
+def _ipid_jump(flow: Flow, resets: Resets) -> bool:
+    """Some packet with RST set has a non-zero IP ID more than `IPID_JUMP_DISTANCE` from the
+    range of the flow's other non-zero IDs. Offsets are from the SYN's ID (see `Flow.ids`);
+    a range reaching round to the far side of the SYN's ID is no evidence (the test would
+    wrap), nor is a flow whose SYN has IP ID 0."""
+    rst_ids = resets.ids
+    ids = flow.ids
+    if not rst_ids or ids < 0:
+        return False
+    low = -(ids >> 16) - IPID_JUMP_DISTANCE
+    high = (ids & 0xFFFF) + IPID_JUMP_DISTANCE
+    if low < -32768 or high > 32767:
+        return False
+    return (rst_ids & 0xFFFF) - 32768 < low or (rst_ids >> 16 & 0xFFFF) - 32768 > high
 
 
 def classify(flow: Flow) -> Verdict:
@@ -235,9 +275,15 @@ def classify(flow: Flow) -> Verdict:
         category = _NO_MATCH
     syn = flow.syn
     zmap = None
-    if syn is not None and syn.window == ZMAP_WINDOW:  # the cheap test first: rarely true
-        zmap = _zmap_tag(flow)
-    if resets is None and zmap is None:  # most flows: no tag, or only `timeout`
+    scanner = no_options = data = False
+    if syn is not None:
+        if syn.window == ZMAP_WINDOW:  # the cheap test first: rarely true
+            zmap = _zmap_tag(flow)
+        scanner = syn.ttl >= SCANNER_TTL
+        no_options = not syn.options
+        data = syn.data
+    if resets is None and zmap is None and not (scanner or no_options or data):
+        # Most flows: no tag, or only `timeout`.
         tags = _ONLY_TIMEOUT if outcome is _TIMEOUT else _NO_TAGS
         return _new_verdict(Verdict, (stage, outcome, category, tags))
     # Tags are appended in the order of the Tag enum (a test checks), so no sort is needed.
@@ -254,4 +300,12 @@ def classify(flow: Flow) -> Verdict:
         tag_list.append(_TAG_TTL_MISMATCH)
     if zmap is _TAG_ZMAP_MODERN:
         tag_list.append(zmap)
+    if resets is not None and resets >> 37 & 1 << 32 and _ipid_jump(flow, resets):
+        tag_list.append(_TAG_IPID_JUMP)
+    if scanner:
+        tag_list.append(_TAG_SCANNER_TTL)
+    if no_options:
+        tag_list.append(_TAG_NO_OPTIONS)
+    if data:
+        tag_list.append(_TAG_SYN_DATA)
     return _new_verdict(Verdict, (stage, outcome, category, tuple(tag_list)))

@@ -47,14 +47,18 @@ class SynSignature(NamedTuple):
     df: bool
     ack: int
     options: str
+    flags: int
+    """The SYN's TCP flag bits (SYN alone, or with ECE and CWR when it asks for ECN, ...)."""
+    data: bool
+    """The SYN carried payload (TCP Fast Open, or a scanner's request)."""
 
 
 class Resets(int):
     """A flow's packets with RST set, as the classifier needs them: order-free, and bounded.
 
-    One int (about 70 bytes at most, where a tuple of every RST cost about 100 bytes per RST,
-    and a tuple of these three fields 150): bits 0-4 `shape`, 5-36 `ack`, 37 and up `ttls`.
-    It unpacks like the tuple `(shape, ack, ttls)`.
+    One int (about 75 bytes at most, where a tuple of every RST cost about 100 bytes per RST,
+    and a tuple of these fields 150): bits 0-4 `shape`, 5-36 `ack`, 37-69 `ids`, 70 and up
+    `ttls`. It unpacks like the tuple `(shape, ack, ids, ttls)`.
     """
 
     __slots__ = ()
@@ -71,9 +75,15 @@ class Resets(int):
         return self >> 5 & 0xFFFFFFFF
 
     @property
+    def ids(self) -> int:
+        """The lowest and highest offsets from the SYN's IP ID (see `_ID_OFFSET`) of the
+        non-zero IP IDs of the packets with RST set, packed by `_rst_ids_after`; 0: none."""
+        return self >> 37 & _IDS_MASK
+
+    @property
     def ttls(self) -> int:
         """Bit t set: some packet with RST set had TTL or hop limit t."""
-        return self >> 37
+        return self >> 70
 
     @property
     def rsts(self) -> int:
@@ -86,15 +96,16 @@ class Resets(int):
         return self >> 2 & 3
 
     def __iter__(self) -> Iterator[int]:
-        return iter((self & 31, self >> 5 & 0xFFFFFFFF, self >> 37))
+        return iter((self & 31, self >> 5 & 0xFFFFFFFF, self >> 37 & _IDS_MASK, self >> 70))
 
 
 ACKS_DIFFER = 16
+_IDS_MASK = (1 << 33) - 1
 _new_resets = int.__new__
 
 
-def _resets(shape: int, ack: int, ttls: int) -> Resets:
-    return _new_resets(Resets, shape | ack << 5 | ttls << 37)
+def _resets(shape: int, ack: int, ttls: int, ids: int = 0) -> Resets:
+    return _new_resets(Resets, shape | ack << 5 | ids << 37 | ttls << 70)
 
 
 # Flow.marks bits (one int instead of several slots: a flow is held by the hundred thousand).
@@ -132,18 +143,65 @@ _CLOSES = tuple(bool(flags & (RST | FIN)) for flags in range(256))
 # Shared int objects, so that a flow holding common values costs a pointer, not a new int.
 _TTL_BITS = tuple(1 << ttl for ttl in range(256))
 _U16_INTS = tuple(range(65536))
+# An IP ID's offset from the SYN's, in -32768..32767, by `ip_id - syn_ipid` (a negative
+# difference indexes from the end, which is the same offset modulo 2**16: the wrap is free).
+_ID_OFFSET = tuple(range(32768)) + tuple(range(-32768, 0))
+NO_IDS = -1
+"""`Flow.ids` of a flow whose SYN had IP ID 0 (or that has no SYN): no origin, no evidence."""
+
+
+def _rst_ids_after(rst_ids: int, offset: int) -> int:
+    """`Resets.ids` after one more packet with RST set whose IP ID is at `offset` (from the
+    SYN's): the lowest and highest such offsets, packed (0: none yet). Commutes: min, max."""
+    if not rst_ids:
+        return 1 << 32 | (offset + 32768) * 65537
+    low = (rst_ids & 0xFFFF) - 32768
+    high = (rst_ids >> 16 & 0xFFFF) - 32768
+    if offset < low:
+        low = offset
+    elif offset > high:
+        high = offset
+    else:
+        return rst_ids
+    return 1 << 32 | (high + 32768) << 16 | (low + 32768)
+
+
+def _ids_after(ids: int, offset: int) -> int:
+    """`Flow.ids` (not `NO_IDS`) after one more non-zero IP ID at `offset`: min and max, so
+    it commutes. The common range, low 0 and high under 2**16, is a shared int."""
+    high = ids & 0xFFFF
+    below = ids >> 16
+    if offset > high:
+        high = offset
+    elif -offset > below:
+        below = -offset
+    else:
+        return ids
+    return _U16_INTS[high] if not below else below << 16 | high
+
+
 # The summary of a lone RST+ACK (the most common reset) by TTL, shared between flows.
 _ONE_RSTACK = tuple(_resets(4, 0, bit) for bit in _TTL_BITS)
 
 
-def _after_reset(resets: Optional[Resets], flags: int, ack: int, ttl: int) -> Resets:
-    """`resets` after one more packet with RST set. Every update commutes with every other:
-    counts saturate, the ack number kept is the lowest, and "differ" only ever gets set."""
+def _after_reset(
+    resets: Optional[Resets], flags: int, ack: int, ttl: int, offset: int = 0, ip_id: int = 0
+) -> Resets:
+    """`resets` after one more packet with RST set, whose IP ID (if `ip_id` is not 0) is at
+    `offset` from the SYN's. Every update commutes with every other: counts saturate, the ack
+    number kept is the lowest, "differ" only ever gets set, the IP IDs kept are min and max."""
     if resets is None:
+        if not ip_id:
+            if flags & ACK:
+                return _ONE_RSTACK[ttl]
+            return _resets(1, ack, _TTL_BITS[ttl])
         if flags & ACK:
-            return _ONE_RSTACK[ttl]
-        return _resets(1, ack, _TTL_BITS[ttl])
-    shape, low, ttls = resets & 31, resets >> 5 & 0xFFFFFFFF, resets >> 37
+            return _resets(4, 0, _TTL_BITS[ttl], _rst_ids_after(0, offset))
+        return _resets(1, ack, _TTL_BITS[ttl], _rst_ids_after(0, offset))
+    shape, low, ttls = resets & 31, resets >> 5 & 0xFFFFFFFF, resets >> 70
+    ids = old_ids = resets >> 37 & _IDS_MASK
+    if ip_id:
+        ids = _rst_ids_after(ids, offset)
     if flags & ACK:
         if shape & 12 != 8:  # fewer than 2 RST+ACKs
             shape += 4
@@ -159,17 +217,17 @@ def _after_reset(resets: Optional[Resets], flags: int, ack: int, ttl: int) -> Re
         if count < 2:
             shape += 1
     bit = _TTL_BITS[ttl]
-    if ttls & bit and shape == resets & 31 and low == resets >> 5 & 0xFFFFFFFF:
+    if ttls & bit and shape == resets & 31 and low == resets >> 5 & 0xFFFFFFFF and ids == old_ids:
         return resets  # nothing new: keep the object
-    return _resets(shape, low, ttls | bit)
+    return _resets(shape, low, ttls | bit, ids)
 # SYN signatures seen, shared between flows and numbered for packed SYNs (below). Bounded: a
 # flood of random windows must not grow it; beyond it flows keep signatures of their own.
 _SIGNATURE_LIST: list[SynSignature] = []
-_SIGNATURE_INDEX: dict[tuple[int, int, bool, int, str], int] = {}
+_SIGNATURE_INDEX: dict[tuple[int, int, bool, int, str, int, bool], int] = {}
 _SIGNATURES_MAX = 4096
 
 
-def _signature_index(fields: tuple[int, int, bool, int, str]) -> int:
+def _signature_index(fields: tuple[int, int, bool, int, str, int, bool]) -> int:
     """The number of a shared signature with these fields; -1 when the list is full."""
     index = _SIGNATURE_INDEX.get(fields)
     if index is None:
@@ -191,10 +249,10 @@ _PLAIN_SYN = ~(ECE | CWR) & 0xFF
 
 def pack_syn(packet: PacketFields) -> Optional[int]:
     """The packed form of a flow that has only this SYN, or None if it needs a `Flow`."""
-    ts, _, flags, seq, ack, window, ttl, ip_id, df, _, options = packet
+    ts, _, flags, seq, ack, window, ttl, ip_id, df, payload_len, options = packet
     if flags & _PLAIN_SYN != SYN:
         return None
-    index = _signature_index((ttl, window, df, ack, options))
+    index = _signature_index((ttl, window, df, ack, options, flags, payload_len > 0))
     if index < 0:
         return None
     ts_bits: int = _U64.unpack(_F64.pack(ts))[0]
@@ -214,12 +272,13 @@ def unpack_syn(key: bytes, packed: int) -> Flow:
     flow.key = key
     flow.first_ts = flow.last_ts = _F64.unpack(_U64.pack(packed >> 64))[0]
     flow.packets = 1
-    flow.syn_seq = packed >> 32 & 0xFFFFFFFF
-    flow.syn_ipid = _U16_INTS[packed >> 16 & 0xFFFF]
+    ip_id = packed >> 16 & 0xFFFF
+    flow.syn_seqid = packed >> 32 & 0xFFFFFFFF | ip_id << 32
     flow.syn = sig
     flow.marks = 0
     flow.ttls = _TTL_BITS[sig.ttl]
     flow.resets = None
+    flow.ids = 0 if ip_id else NO_IDS
     return flow
 
 
@@ -228,14 +287,14 @@ class Flow:
 
     __slots__ = (
         "first_ts",
+        "ids",
         "key",
         "last_ts",
         "marks",
         "packets",
         "resets",
         "syn",
-        "syn_ipid",
-        "syn_seq",
+        "syn_seqid",
         "ttls",
     )
 
@@ -243,22 +302,28 @@ class Flow:
     first_ts: float
     last_ts: float
     packets: int
-    syn_seq: Optional[int]
-    syn_ipid: int
+    syn_seqid: Optional[int]
+    """The SYN's sequence number, and its IP ID above bit 32 (one int object for both: a
+    sequence number costs one anyway); None without a SYN. See `syn_seq`, `syn_ipid`."""
     syn: Optional[SynSignature]
     marks: int
     ttls: int
     resets: Optional[Resets]
+    ids: int
+    """The range of the non-zero IP IDs of the flow's packets without RST, as offsets from
+    the SYN's ID (see `_ID_OFFSET`): `-low << 16 | high`, low <= 0 <= high (the SYN's own
+    offset is 0). Zero IDs carry no counter (Linux sends ID 0 on some packets with DF set;
+    IPv6 has none) and are left out; `NO_IDS` when the SYN's ID is 0 (no origin). Those of
+    the packets with RST set are in `Resets.ids`. Typically a small int, shared."""
 
     def __init__(self, packet: PacketFields) -> None:
-        ts, key, flags, seq, ack, window, ttl, ip_id, df, _, options = packet
+        ts, key, flags, seq, ack, window, ttl, ip_id, df, payload_len, options = packet
         self.key = key
         self.first_ts = self.last_ts = ts
         self.resets = None
         if _OPENS[flags]:
-            self.syn_seq = seq
-            self.syn_ipid = _U16_INTS[ip_id]
-            fields = (ttl, _U16_INTS[window], df, ack, options)
+            self.syn_seqid = seq | ip_id << 32
+            fields = (ttl, _U16_INTS[window], df, ack, options, flags, payload_len > 0)
             index = _SIGNATURE_INDEX.get(fields)
             if index is None:
                 index = _signature_index(fields)
@@ -268,11 +333,13 @@ class Flow:
                 self.packets = 1
                 self.marks = 0
                 self.ttls = _TTL_BITS[ttl]
+                self.ids = 0 if ip_id else NO_IDS
                 return
+            self.ids = 0 if ip_id else NO_IDS
         else:
-            self.syn_seq = None
-            self.syn_ipid = 0
+            self.syn_seqid = None
             self.syn = None
+            self.ids = NO_IDS
         self.packets = 0
         self.marks = 0
         self.ttls = 0
@@ -281,24 +348,42 @@ class Flow:
     def absorb(self, packet: PacketFields) -> None:
         """Add one packet to the summary. Every update commutes with every other."""
         # One unpack instead of many attribute reads: this runs for every packet.
-        ts, _, flags, _, ack, _, ttl, _, _, _, _ = packet
+        ts, _, flags, _, ack, _, ttl, ip_id, _, _, _ = packet
         self.packets += 1
         if ts > self.last_ts:
             self.last_ts = ts
         elif ts < self.first_ts:
             self.first_ts = ts
+        ids = self.ids
         if _RESETS[flags]:
-            self.resets = _after_reset(self.resets, flags, ack, ttl)
+            if ip_id and ids >= 0:
+                offset = _ID_OFFSET[ip_id - ((self.syn_seqid or 0) >> 32)]
+                self.resets = _after_reset(self.resets, flags, ack, ttl, offset, ip_id)
+            else:
+                self.resets = _after_reset(self.resets, flags, ack, ttl)
         else:
             bit = _TTL_BITS[ttl]
             ttls = self.ttls
             if not ttls & bit:
                 self.ttls = ttls | bit if ttls else bit
+            if ip_id and ids >= 0:
+                self.ids = _ids_after(ids, _ID_OFFSET[ip_id - ((self.syn_seqid or 0) >> 32)])
         self.marks = _MARKS_AFTER[self.marks][flags]
 
     @property
     def family(self) -> int:
         return key_family(self.key)
+
+    @property
+    def syn_seq(self) -> Optional[int]:
+        """The SYN's sequence number; None without a SYN."""
+        seqid = self.syn_seqid
+        return None if seqid is None else seqid & 0xFFFFFFFF
+
+    @property
+    def syn_ipid(self) -> int:
+        """The SYN's IP ID; 0 without a SYN (and for IPv6)."""
+        return (self.syn_seqid or 0) >> 32
 
     @property
     def data_packets(self) -> int:
@@ -448,7 +533,7 @@ class FlowTable:
         next_close = closing.front()
         try:
             for packet in packets:
-                ts, key, flags, seq, ack, _, ttl, _, _, _, _ = packet
+                ts, key, flags, seq, ack, _, ttl, ip_id, _, _, _ = packet
                 if ts > clock:
                     clock = ts
                 if clock >= next_close:  # close lingers ended: judge before going on
@@ -474,7 +559,7 @@ class FlowTable:
                 marks = flow.marks
                 resets = flow.resets
                 if _OPENS[flags]:
-                    if seq != flow.syn_seq:
+                    if seq != flow.syn_seqid & 0xFFFFFFFF:  # type: ignore[operator]
                         # Port reuse: a new connection on the same ports.
                         superseded = resets is None and not marks & FIN_SEEN
                         self._end(flow, Exclusion.SUPERSEDED if superseded else None)
@@ -490,13 +575,27 @@ class FlowTable:
                     flow.last_ts = ts
                 elif ts < flow.first_ts:
                     flow.first_ts = ts
+                # A flow in the table has its SYN: `syn_seqid` is an int.
                 if _RESETS[flags]:
-                    flow.resets = _after_reset(resets, flags, ack, ttl)
+                    flow.resets = _after_reset(
+                        resets, flags, ack, ttl,
+                        _ID_OFFSET[ip_id - (flow.syn_seqid >> 32)],  # type: ignore[operator]
+                        ip_id if flow.ids >= 0 else 0,
+                    )  # fmt: skip
                 else:
                     bit = _TTL_BITS[ttl]
                     ttls = flow.ttls
                     if not ttls & bit:
                         flow.ttls = ttls | bit if ttls else bit
+                    if ip_id:
+                        ids = flow.ids
+                        if ids >= 0:
+                            syn_id = flow.syn_seqid >> 32  # type: ignore[operator]
+                            offset = _ID_OFFSET[ip_id - syn_id]
+                            if offset > ids:  # the common case: a new high, low still 0
+                                flow.ids = _U16_INTS[offset]
+                            elif offset > ids & 0xFFFF or -offset > ids >> 16:
+                                flow.ids = _ids_after(ids, offset)
                 flow.marks = _MARKS_AFTER[marks][flags]
                 if count >= MAX_PACKETS:
                     self._end(flow, None)

@@ -671,7 +671,11 @@ class NflogSource:
             if data is None:
                 return
             ts = clock()
-            yield [parse_fields(data, ts, start, stop) for start, stop in parse(data, len(data))]
+            unix = time.time()  # the SYN options' Unix-time test (`Tu`) needs the wall clock
+            yield [
+                parse_fields(data, ts, start, stop, 0, unix)
+                for start, stop in parse(data, len(data))
+            ]
 
     # -- accounting ------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 import struct
 import sys
-from typing import NamedTuple, Union
+from typing import NamedTuple, Optional, Union
 
 from .decode import TUNNEL_PROTOCOLS, tunnel
 from .invalid import Invalid as Invalid
@@ -141,25 +141,44 @@ _FINGERPRINTS: dict[bytes, str] = {}
 _FINGERPRINTS_MAX = 4096
 _TIMESTAMPS_HEAD = b"\x08\x0a"  # kind 8, length 10
 _STAMPS_ZEROED = bytes(8)
+_STAMPS = struct.Struct("!II")  # TSval, TSecr
+UNIX_STAMP_SLACK = 86400
+"""How far (s) a SYN's TSval may be from the packet's Unix time and still read as a clock
+stamp (`Tu`): ZMap stamps its template once at scan start, so a day covers any scan."""
 
 
-def options_fingerprint(buf: bytes, start: int, end: int) -> str:
+def _unix_stamp(buf: bytes, at: int, unix: float) -> bool:
+    """Whether the timestamps option value at `buf[at:at + 8]` is (Unix seconds near `unix`,
+    0): ZMap's TSval is `time(NULL)` at scan start; an OS stack's is a millisecond clock from
+    a random per-connection offset, which lands in that two-day window once in 25,000."""
+    tsval: int
+    tsecr: int
+    tsval, tsecr = _STAMPS.unpack_from(buf, at)
+    return tsecr == 0 and -UNIX_STAMP_SLACK <= tsval - unix <= UNIX_STAMP_SLACK
+
+
+def options_fingerprint(buf: bytes, start: int, end: int, unix: float = 0.0) -> str:
     """A compact, comparable text form of a TCP options block.
 
     One comma-separated token per option in wire order: `N` NOP, `E` end of list, `M<mss>`,
-    `W<shift>`, `S` SACK permitted, `K` SACK blocks, `T` timestamps, `P` MPTCP, `F` fast
-    open, `X<kind>` any other kind, and `?` where the block is malformed or cut off. The
-    string is interned: flows from one kind of client share one object.
+    `W<shift>`, `S` SACK permitted, `K` SACK blocks, `T` timestamps, `Tu` timestamps whose
+    TSval reads as the Unix time `unix` in seconds (within `UNIX_STAMP_SLACK`) and TSecr is
+    0 (ZMap's probes, see `_unix_stamp`), `P` MPTCP, `F` fast open, `X<kind>` any other
+    kind, and `?` where the block is malformed or cut off. The string is interned: flows
+    from one kind of client share one object.
     """
     # The cache key zeroes the 8 value bytes after the first `08 0a` of the block, if there
     # are 8. It is only stored when the walk found the timestamps option right there: then any
     # block with the same key walks the same options to the same place (same length, same
     # bytes elsewhere), and has the same fingerprint.
+    # The `Tu` test on those bytes goes into the key too (a last byte), so the key still
+    # determines the fingerprint.
     block = buf[start:end]
     at = block.find(_TIMESTAMPS_HEAD)
     key = block
     if 0 <= at <= len(block) - 10:
-        key = block[: at + 2] + _STAMPS_ZEROED + block[at + 10 :]
+        stamp = b"u" if _unix_stamp(block, at + 2, unix) else b"-"
+        key = block[: at + 2] + _STAMPS_ZEROED + block[at + 10 :] + stamp
     text = _FINGERPRINTS.get(key)
     if text is not None:
         return text
@@ -187,9 +206,12 @@ def options_fingerprint(buf: bytes, start: int, end: int) -> str:
         elif kind == 3 and length == 3:
             tokens.append(f"W{buf[i + 2]}")
         else:
-            if kind == 8 and length == 10 and stamps_at < 0:
-                stamps_at = i - start
-            tokens.append(_OPTION_NAMES.get(kind) or f"X{kind}")
+            if kind == 8 and length == 10:
+                if stamps_at < 0:
+                    stamps_at = i - start
+                tokens.append("Tu" if _unix_stamp(buf, i + 2, unix) else "T")
+            else:
+                tokens.append(_OPTION_NAMES.get(kind) or f"X{kind}")
         i += length
     text = sys.intern(",".join(tokens))
     if stamps_at == at:
@@ -207,13 +229,19 @@ def parse_ip(buf: bytes, ts: float, offset: int = 0) -> ParseResult:
     return _new_packet(Packet, fields)
 
 
-def parse_fields(buf: bytes, ts: float, offset: int, end: int, depth: int = 0) -> FieldsResult:
+def parse_fields(
+    buf: bytes, ts: float, offset: int, end: int, depth: int = 0, unix: Optional[float] = None
+) -> FieldsResult:
     """Parse the IP packet `buf[offset:end]` into a `Packet`'s fields as a plain tuple.
 
     Takes the span rather than a copy of it: a capture reader parses in its read buffer. A
     tunnel (see `decode.tunnel`) is entered: the fields are the innermost TCP packet's.
-    `depth` is the number of encapsulations already stepped over to reach `offset`.
+    `depth` is the number of encapsulations already stepped over to reach `offset`. `unix`
+    is the packet's Unix time in seconds where `ts` is on another clock (the live agent's is
+    monotonic): the SYN options' `Tu` test compares with it (see `options_fingerprint`).
     """
+    if unix is None:
+        unix = ts
     if end - offset < 1:
         return Invalid.TRUNCATED
     first = buf[offset]
@@ -228,7 +256,9 @@ def parse_fields(buf: bytes, ts: float, offset: int, end: int, depth: int = 0) -
                 options = ""
                 # A SYN without options (floods, some scanners) has the empty fingerprint.
                 if _HAS_SYN[flags] and doff > 20:
-                    options = options_fingerprint(buf, offset + 40, min(offset + 20 + doff, end))
+                    options = options_fingerprint(
+                        buf, offset + 40, min(offset + 20 + doff, end), unix
+                    )
                 df = _DONT_FRAGMENT[frag_high]
                 return (ts, key, flags, seq, ack, window, ttl, ip_id, df, payload_len, options)
     elif first >> 4 == 6 and end - offset >= 60 and buf[offset + 6] == _IPPROTO_TCP:
@@ -238,12 +268,16 @@ def parse_fields(buf: bytes, ts: float, offset: int, end: int, depth: int = 0) -
         if doff >= 20 and payload_len >= 0:
             options = ""
             if _HAS_SYN[flags] and doff > 20:
-                options = options_fingerprint(buf, offset + 60, min(offset + 40 + doff, end))
+                options = options_fingerprint(
+                    buf, offset + 60, min(offset + 40 + doff, end), unix
+                )
             return (ts, key, flags, seq, ack, window, ttl, 0, False, payload_len, options)
-    return _parse_general(buf, ts, offset, end, depth)
+    return _parse_general(buf, ts, offset, end, depth, unix)
 
 
-def _parse_general(buf: bytes, ts: float, offset: int, size: int, depth: int) -> FieldsResult:
+def _parse_general(
+    buf: bytes, ts: float, offset: int, size: int, depth: int, unix: float
+) -> FieldsResult:
     """Every packet the fast paths above do not take, including every malformed one.
 
     A total length of 0 (IPv4) or a payload length of 0 (IPv6) is what GSO/TSO and BIG TCP
@@ -263,7 +297,7 @@ def _parse_general(buf: bytes, ts: float, offset: int, size: int, depth: int) ->
                 return Invalid.NOT_TCP
             if frag & 0x1FFF:
                 return Invalid.FRAGMENT
-            return _inner(buf, ts, proto, offset + ihl, size, depth)
+            return _inner(buf, ts, proto, offset + ihl, size, depth, unix)
         if frag & 0x1FFF:
             return Invalid.FRAGMENT
         l4 = offset + ihl
@@ -284,7 +318,7 @@ def _parse_general(buf: bytes, ts: float, offset: int, size: int, depth: int) ->
             if nxt == _IPPROTO_TCP:
                 break
             if nxt in TUNNEL_PROTOCOLS:
-                return _inner(buf, ts, nxt, l4, size, depth)
+                return _inner(buf, ts, nxt, l4, size, depth, unix)
             if size < l4 + 8:
                 return Invalid.TRUNCATED
             if nxt in _EXTENSIONS_8_OCTET:
@@ -320,11 +354,13 @@ def _parse_general(buf: bytes, ts: float, offset: int, size: int, depth: int) ->
     flags = off_flags & 0xFF
     options = ""
     if flags & SYN:
-        options = options_fingerprint(buf, l4 + 20, min(l4 + doff, size))
+        options = options_fingerprint(buf, l4 + 20, min(l4 + doff, size), unix)
     return (ts, key, flags, seq, ack, window, ttl, ip_id, df, payload_len, options)
 
 
-def _inner(buf: bytes, ts: float, protocol: int, l4: int, size: int, depth: int) -> FieldsResult:
+def _inner(
+    buf: bytes, ts: float, protocol: int, l4: int, size: int, depth: int, unix: float
+) -> FieldsResult:
     """The packet inside a tunnel whose header starts at `l4` (see `decode.tunnel`)."""
     span = tunnel(buf, protocol, l4, size, depth)
     if isinstance(span, Invalid):
@@ -332,7 +368,7 @@ def _inner(buf: bytes, ts: float, protocol: int, l4: int, size: int, depth: int)
     start, stop, depth = span
     if start >= stop:
         return Invalid.TRUNCATED
-    return _parse_general(buf, ts, start, stop, depth)
+    return _parse_general(buf, ts, start, stop, depth, unix)
 
 
 def flag_names(flags: int) -> str:

@@ -235,7 +235,8 @@ def test_injected_resets_are_post_psh_with_ttl_mismatch(
             "stage": "post_psh",
             "outcome": "reset",
             "category": "post_psh",
-            "tags": ["reset", *shape, "ttl_mismatch"],
+            # IPv4: the middlebox's own IP IDs, far from the client's (see its docstring).
+            "tags": ["reset", *shape, "ttl_mismatch", *(["ipid_jump"] * (record["family"] == 4))],
         }, record
 
 

@@ -14,6 +14,8 @@ Actions (the first argument):
     ``fin_abort`` (send a FIN with shutdown, then abort: a FIN and a RST on one flow).
 ``forge``    open a connection, then send forged RSTs on its 4-tuple with scapy (JSON spec on
     stdin), then silence the real socket as ``hang`` does. Prints JSON of what was sent.
+``aborts``   ``--count`` connections from consecutive source ports, each aborted after 0-2
+    requests (the ordinary aborting clients of the `ipid_jump` false-positive test).
 ``syn``      send one bare SYN with scapy (no socket, so the kernel answers the server's
     SYN-ACK with a RST).
 """
@@ -24,6 +26,7 @@ import argparse
 import contextlib
 import fcntl
 import json
+import random
 import socket
 import struct
 import subprocess
@@ -112,10 +115,30 @@ def _silence(sock: socket.socket, sport: int) -> None:
     _abort(sock)
 
 
+def _fastopen(dst: str, port: int, sport: int, data: bytes) -> socket.socket:
+    """Open a connection with `data` in its SYN (TCP Fast Open: `sendto` with MSG_FASTOPEN on
+    an unconnected socket). The namespace's ``net.ipv4.tcp_fastopen`` must allow it without a
+    cookie (flag 4), or the kernel sends only a cookie request in the SYN."""
+    fam = _family(dst)
+    sock = socket.socket(fam, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.settimeout(TIMEOUT_S)
+    sock.bind(("::" if fam == socket.AF_INET6 else "0.0.0.0", sport))
+    sock.sendto(data, socket.MSG_FASTOPEN, (dst, port))
+    return sock
+
+
 def session(args: argparse.Namespace) -> dict[str, Any]:
-    sock = _connect(args.dst, args.port, args.sport)
     received = 0
-    for n in range(args.requests):
+    first = 0
+    if args.fastopen:
+        sock = _fastopen(args.dst, args.port, args.sport, _request(args.dst, 0))
+        first = 1
+        if args.wait_replies:
+            received += _read_reply(sock)
+    else:
+        sock = _connect(args.dst, args.port, args.sport)
+    for n in range(first, args.requests):
         sock.sendall(_request(args.dst, n))
         if args.wait_replies:
             received += _read_reply(sock)
@@ -138,6 +161,19 @@ def session(args: argparse.Namespace) -> dict[str, Any]:
     else:
         _silence(sock, args.sport)
     return {"sport": args.sport, "received": received}
+
+
+def aborts(args: argparse.Namespace) -> dict[str, Any]:
+    """`--count` connections from consecutive source ports from `--sport`, each sending 0, 1
+    or 2 requests (in turn, reading the replies), then aborting (SO_LINGER 0): ordinary
+    aborting clients, one process for all."""
+    for n in range(args.count):
+        sock = _connect(args.dst, args.port, args.sport + n)
+        for k in range(n % 3):
+            sock.sendall(_request(args.dst, k))
+            _read_reply(sock)
+        _abort(sock)
+    return {"sport": args.sport, "count": args.count}
 
 
 def _scapy() -> Any:
@@ -202,19 +238,30 @@ def forge(args: argparse.Namespace) -> list[dict[str, Any]]:
             time.sleep(0.2)  # let the kernel's (delayed) ACK of the reply go out first
         sniffer.join(timeout=TIMEOUT_S)
         syns = sniffer.results or []
-        client_isn = next(int(p[scapy.TCP].seq) for p in syns if p[scapy.TCP].sport == sport)
+        client_syn = next(p for p in syns if p[scapy.TCP].sport == sport)
+        client_isn = int(client_syn[scapy.TCP].seq)
+        client_id = int(client_syn[scapy.IP].id) if scapy.IP in client_syn else 0
         server_isn = next(int(p[scapy.TCP].seq) for p in syns if p[scapy.TCP].dport == sport)
         seq = (client_isn + 1 + len(request)) & 0xFFFFFFFF
         right_ack = (server_isn + 1 + received) & 0xFFFFFFFF
         rsts = []
-        for rst in conn["rsts"]:
+        for n, rst in enumerate(conn["rsts"]):
             ack = right_ack if rst.get("ack") is None else int(rst["ack"])
             flags = rst.get("flags", "R")
-            pkt = _ip_layer(scapy, src, dst, rst.get("ttl")) / scapy.TCP(
-                sport=sport, dport=port, flags=flags, seq=seq, ack=ack, window=0
-            )
+            ip = _ip_layer(scapy, src, dst, rst.get("ttl"))
+            if scapy.IP in ip:
+                # The client's kernel counts one ID per packet: the SYN, the ACK, maybe a
+                # request and an ACK, then these. An injector writes its own, far from it.
+                if rst.get("ip_id") == "random":
+                    ip.id = (client_id + random.randrange(8192, 57345)) & 0xFFFF or 1
+                else:
+                    ip.id = (client_id + 4 + n) & 0xFFFF
+            pkt = ip / scapy.TCP(sport=sport, dport=port, flags=flags, seq=seq, ack=ack, window=0)
             _send(pkt)
-            rsts.append({"flags": flags, "seq": seq, "ack": ack, "ttl": rst.get("ttl")})
+            rsts.append(
+                {"flags": flags, "seq": seq, "ack": ack, "ttl": rst.get("ttl"),
+                 "ip_id": int(pkt[scapy.IP].id) if scapy.IP in pkt else None}
+            )  # fmt: skip
             time.sleep(conn.get("gap", 0.05))
         _silence(sock, sport)
         sent.append(
@@ -226,11 +273,16 @@ def forge(args: argparse.Namespace) -> list[dict[str, Any]]:
 def syn(args: argparse.Namespace) -> dict[str, Any]:
     scapy = _scapy()
     if args.zmap_modern:
-        # ZMap 4.1+'s SYN: TTL 255, IP ID not 54321, no DF, window 65535, and one of its
-        # option templates ("windows": MSS 1460, window scale 8, SACK permitted).
+        # ZMap 4.1+'s SYN: TTL 255 (--probe-ttl), IP ID not 54321, no DF, window 65535, and
+        # one of its option templates, here "linux": MSS 1460, SACK permitted, timestamps
+        # (TSval the Unix time in seconds, as ZMap stamps its template at scan start; TSecr
+        # 0), NOP, window scale 7. Bytes as ZMap writes them: 02 04 05 b4 04 02 08 0a
+        # TSval TSecr 01 03 03 07.
         ip = scapy.IP(src=args.src, dst=args.dst, ttl=255, id=4242, flags=0)
+        options = [("MSS", 1460), ("SAckOK", b""), ("Timestamp", (int(time.time()), 0)),
+                   ("NOP", None), ("WScale", 7)]  # fmt: skip
         tcp = scapy.TCP(sport=args.sport, dport=args.port, flags="S", seq=args.seq,
-                        window=65535, options=[("MSS", 1460), ("WScale", 8), ("SAckOK", b"")])
+                        window=65535, options=options)  # fmt: skip
         pkt = ip / tcp
     else:
         pkt = _ip_layer(scapy, args.src, args.dst, args.ttl) / scapy.TCP(
@@ -252,7 +304,13 @@ def main() -> int:
     p.add_argument("--wait-replies", action="store_true")
     p.add_argument("--wait-acked", action="store_true")
     p.add_argument("--settle", type=float, default=0.0)
+    p.add_argument("--fastopen", action="store_true", help="the first request in the SYN")
     p.add_argument("--end", choices=("abort", "fin_abort", "close", "hang"), required=True)
+    p = sub.add_parser("aborts")
+    p.add_argument("--dst", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--sport", type=int, required=True)
+    p.add_argument("--count", type=int, required=True)
     p = sub.add_parser("forge")
     p.add_argument("--iface", required=True)
     p = sub.add_parser("syn")
@@ -264,7 +322,8 @@ def main() -> int:
     p.add_argument("--ttl", type=int)
     p.add_argument("--zmap-modern", action="store_true", help="shaped like ZMap 4.1+ (IPv4)")
     args = parser.parse_args()
-    result = {"session": session, "forge": forge, "syn": syn}[args.action](args)
+    actions = {"session": session, "aborts": aborts, "forge": forge, "syn": syn}
+    result = actions[args.action](args)
     print(json.dumps(result), flush=True)
     return 0
 

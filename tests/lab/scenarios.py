@@ -38,6 +38,7 @@ from .traffic import (
     abort_after_connect,
     abort_after_send,
     connect_and_hang,
+    fastopen_then_abort,
     fin_then_abort,
     forged_rsts,
     http_get,
@@ -201,12 +202,22 @@ def _build(family: int, base: int) -> list[Scenario]:
     add(
         9,
         "syn_only",
-        _reset("post_syn", "single_rst"),
+        _reset("post_syn", "single_rst", "no_options"),
         "S R",
         action=lambda lab, dst, sp: syn_only(lab, dst, HTTP_PORT, sp),
         note="hping3 (IPv4) or scapy (IPv6) sends the SYN from a raw socket; the server "
         "answers SYN-ACK and the client's kernel, having no socket, answers a bare RST "
-        "(ACK clear, seq = the SYN-ACK's ack)",
+        "(ACK clear, seq = the SYN-ACK's ack); neither tool's SYN has TCP options, and "
+        "that RST has IP ID 0 (Linux, DF, no socket): no ipid_jump",
+    )
+    add(
+        20,
+        "fastopen_then_abort",
+        _reset("post_psh", "single_rstack", "syn_data"),
+        "S(data) . P. . R.",
+        action=lambda lab, dst, sp: fastopen_then_abort(lab, dst, HTTP_PORT, sp),
+        note="TCP Fast Open without a cookie: the request rides in the SYN; the server takes "
+        "no TFO data, so the request comes again with PSH after the handshake",
     )
     forged = (
         (11, "forged_acknumsame", (Rst(_FORGED_ACK), Rst(_FORGED_ACK)), "acknumsame"),
@@ -252,7 +263,8 @@ def _build(family: int, base: int) -> list[Scenario]:
         add(
             10,
             "zmap",
-            _reset("post_syn", "single_rst", "zmap", "ttl_mismatch"),
+            _reset("post_syn", "single_rst", "zmap", "ttl_mismatch", "scanner_ttl",
+                   "no_options"),
             "S(ttl 255, id 54321, win 65535) R(ttl 64)",
             action=lambda lab, dst, sp: zmap_scan(lab, dst, HTTP_PORT, sp),
             note="ZMap 2.1.1's SYN has TTL 255, the kernel's RST TTL 64: so every ZMap "
@@ -261,10 +273,21 @@ def _build(family: int, base: int) -> list[Scenario]:
         add(
             18,
             "zmap_modern",
-            _reset("post_syn", "single_rst", "ttl_mismatch", "zmap_modern"),
-            "S(ttl 255, win 65535, M1460,W8,S) R(ttl 64)",
+            _reset("post_syn", "single_rst", "ttl_mismatch", "zmap_modern", "scanner_ttl"),
+            "S(ttl 255, win 65535, M1460,S,T,N,W7) R(ttl 64)",
             action=lambda lab, dst, sp: zmap_modern_syn(lab, dst, HTTP_PORT, sp),
-            note="a scapy SYN in ZMap 4.1's windows template; the kernel's RST has TTL 64",
+            note="a scapy SYN in ZMap 4.1's linux template, TSval the Unix time; the kernel's "
+            "RST has TTL 64",
+        )
+        add(
+            19,
+            "forged_injector_random_ipid",
+            _reset("post_psh", "single_rst", "ipid_jump"),
+            "S . P. . R(random IP ID)",
+            phase="forge",
+            rsts=(Rst(0, ip_id="random"),),
+            request=True,
+            note="an injector writing its own IP ID: far from the client's counter",
         )
         add(
             99,

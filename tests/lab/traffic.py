@@ -144,6 +144,7 @@ def session(
     wait_replies: bool = True,
     settle: float = 0.0,
     wait_acked: bool = False,
+    fastopen: bool = False,
 ) -> dict[str, Any]:
     """Connect from `sport`, send `requests` HTTP requests (reading each reply when
     `wait_replies`; waiting until the server acknowledged them when `wait_acked`), wait `settle`
@@ -171,6 +172,8 @@ def session(
         argv.append("--wait-replies")
     if wait_acked:
         argv.append("--wait-acked")
+    if fastopen:
+        argv.append("--fastopen")
     proc = lab.run("client", argv, timeout=_TIMEOUT_S)
     return dict(json.loads(proc.stdout))
 
@@ -187,6 +190,26 @@ def abort_after_send(lab: Lab, dst: str, port: int, sport: int) -> dict[str, Any
     return session(
         lab, dst, port, sport, requests=1, end="abort", wait_replies=False, wait_acked=True
     )
+
+
+def many_aborts(lab: Lab, dst: str, port: int, sport: int, count: int) -> dict[str, Any]:
+    """`count` ordinary aborting clients (real sockets, SO_LINGER 0) from source ports
+    `sport`, `sport` + 1, ...: each sends 0, 1 or 2 requests in turn, then resets."""
+    _check_target(lab, dst)
+    argv = [sys.executable, CLIENT_PROG, "aborts", "--dst", dst, "--port", str(port),
+            "--sport", str(sport), "--count", str(count)]  # fmt: skip
+    proc = lab.run("client", argv, timeout=_TIMEOUT_S + count)
+    return dict(json.loads(proc.stdout))
+
+
+def fastopen_then_abort(lab: Lab, dst: str, port: int, sport: int) -> dict[str, Any]:
+    """TCP Fast Open: the request rides in the SYN (the client namespace's
+    ``net.ipv4.tcp_fastopen`` set to 5: client on, no cookie needed), the reply is read, then
+    a RST. The lab server does not accept TFO data, so the client's kernel sends the request
+    again after the handshake, with PSH; the SYN still carried it."""
+    _check_target(lab, dst)
+    lab.run("client", ["sysctl", "-q", "-w", "net.ipv4.tcp_fastopen=5"], timeout=10)
+    return session(lab, dst, port, sport, requests=1, end="abort", fastopen=True)
 
 
 def send_twice_then_abort(lab: Lab, dst: str, port: int, sport: int) -> dict[str, Any]:
@@ -293,11 +316,15 @@ def zmap_scan(lab: Lab, dst: str, port: int, sport: int, rate: int = 10) -> str:
 @dataclass(frozen=True)
 class Rst:
     """One forged RST. `ack` None means the correct ack (the server's next sequence number);
-    `ttl` None means scapy's default (64, as the client's own kernel uses)."""
+    `ttl` None means scapy's default (64, as the client's own kernel uses). `ip_id` (IPv4):
+    "client" is the client's own next IP ID (its SYN's plus a few, as its kernel counts),
+    "random" an injector's own, drawn at random at least 8192 away from the client's SYN's
+    (so the verdict, `ipid_jump`, does not vary from run to run)."""
 
     ack: Optional[int] = 0
     ttl: Optional[int] = None
     flags: str = "R"
+    ip_id: str = "client"
 
 
 @dataclass(frozen=True)
@@ -327,7 +354,10 @@ def forged_rsts(lab: Lab, forgeries: Sequence[Forgery]) -> list[dict[str, Any]]:
                 "port": f.port,
                 "sport": f.sport,
                 "request": f.request,
-                "rsts": [{"ack": r.ack, "ttl": r.ttl, "flags": r.flags} for r in f.rsts],
+                "rsts": [
+                    {"ack": r.ack, "ttl": r.ttl, "flags": r.flags, "ip_id": r.ip_id}
+                    for r in f.rsts
+                ],
             }
         )
     proc = lab.run(

@@ -79,8 +79,10 @@ def _pcap(path: Path, packets: list[tuple[float, bytes]]) -> Path:
 
 def _ip(flags: str, sport: int = 40000, src: str = "198.51.100.7", dst: str = "203.0.113.1",
         dport: int = 443, seq: int = 1000, ack: int = 0) -> bytes:
+    # SYNs with an MSS option, as an OS stack sends them (none would add `no_options`).
+    options = [("MSS", 1460)] if "S" in flags else []
     return bytes(IP(src=src, dst=dst, ttl=57) / TCP(sport=sport, dport=dport, flags=flags,
-                                                  seq=seq, ack=ack))
+                                                  seq=seq, ack=ack, options=options))
 
 
 def _unrelated(start: float, stop: float, count: int) -> list[tuple[float, bytes]]:

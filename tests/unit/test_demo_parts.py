@@ -53,10 +53,12 @@ def test_built_segments_have_the_checksums_scapy_computes(src: str, dst: str) ->
 @pytest.mark.parametrize("src,dst", [(C4, S4), (C6, S6)])
 def test_parse_reads_back_what_build_wrote(src: str, dst: str) -> None:
     raw = wire.build(src, dst, 50000, 443, seq=7, ack=9, flags=wire.PSH | wire.ACK, ttl=63,
-                     payload=b"hello")  # fmt: skip
+                     payload=b"hello", ip_id=4242)  # fmt: skip
     seg = wire.parse(raw)
+    v4 = ":" not in dst
     assert seg == wire.Segment(
-        4 if ":" not in dst else 6, src, dst, 63, 50000, 443, 7, 9, wire.PSH | wire.ACK, b"hello"
+        4 if v4 else 6, src, dst, 63, 50000, 443, 7, 9, wire.PSH | wire.ACK, b"hello",
+        4242 if v4 else 0,
     )
 
 

@@ -117,9 +117,89 @@ def test_packed_flows_are_evicted_swept_and_drained_like_others() -> None:
     assert verdict.category is C.POST_SYN and set(verdict.tags) == {T.TIMEOUT, T.ZMAP}
 
 
+# Evidence tags (extensions): (id, SYN fields, packets after it as in CASES, the evidence
+# tags expected among ipid_jump, scanner_ttl, no_options, syn_data), IPv4 unless `v6`.
+# SYN IP ID 1000 (the factory's default IDs are 1): every packet names its ID.
+EVIDENCE = [
+    ("ipid-jump", {"ip_id": 1000}, [("A", 1, {"ip_id": 1001}), ("PA", 2, {"ip_id": 1002}),
+                                    ("R", 3, {"ip_id": 40000})], {T.IPID_JUMP}),
+    ("ipid-jump-rstack", {"ip_id": 1000}, [("A", 1, {"ip_id": 1001}),
+                                           ("RA", 2, {"ip_id": 9000})], {T.IPID_JUMP}),
+    ("ipid-jump-one-of-two", {"ip_id": 1000}, [("A", 1, {"ip_id": 1001}),
+                                               ("R", 2, {"ip_id": 1002}),
+                                               ("R", 2.1, {"ip_id": 60000})], {T.IPID_JUMP}),
+    ("ipid-jump-below", {"ip_id": 30000}, [("A", 1, {"ip_id": 30001}),
+                                           ("R", 2, {"ip_id": 20000})], {T.IPID_JUMP}),
+    # Nearest shapes without it: the counter's next value, a global counter's step, the
+    # distance exactly, across the 16-bit wrap, zero IDs (Linux DF packets), no RST, IPv6.
+    ("ipid-next", {"ip_id": 1000}, [("A", 1, {"ip_id": 1001}), ("R", 2, {"ip_id": 1002})],
+     set()),
+    ("ipid-global-counter", {"ip_id": 1000}, [("A", 1, {"ip_id": 1300}),
+                                              ("PA", 2, {"ip_id": 1750}),
+                                              ("R", 3, {"ip_id": 2300})], set()),
+    ("ipid-at-the-distance", {"ip_id": 1000}, [("A", 1, {"ip_id": 1001}),
+                                               ("R", 2, {"ip_id": 1001 + 4096})], set()),
+    ("ipid-one-past-the-distance", {"ip_id": 1000}, [("A", 1, {"ip_id": 1001}),
+                                                     ("R", 2, {"ip_id": 1002 + 4096})],
+     {T.IPID_JUMP}),
+    ("ipid-wrap", {"ip_id": 65534}, [("A", 1, {"ip_id": 65535}), ("PA", 2, {"ip_id": 1}),
+                                     ("R", 3, {"ip_id": 2})], set()),
+    ("ipid-wrap-back", {"ip_id": 3}, [("A", 1, {"ip_id": 4}), ("R", 2, {"ip_id": 65530})],
+     set()),
+    ("ipid-rst-zero", {"ip_id": 1000}, [("A", 1, {"ip_id": 1001}), ("R", 2, {"ip_id": 0})],
+     set()),
+    ("ipid-others-zero", {"ip_id": 0}, [("A", 1, {"ip_id": 0}), ("R", 2, {"ip_id": 40000})],
+     set()),
+    ("ipid-syn-zero", {"ip_id": 0}, [("A", 1, {"ip_id": 5000}), ("R", 2, {"ip_id": 5001})],
+     set()),
+    # No origin when the SYN's ID is 0: no evidence (a choice: such flows are rare).
+    ("ipid-syn-zero-no-evidence", {"ip_id": 0}, [("A", 1, {"ip_id": 5000}),
+                                                 ("R", 2, {"ip_id": 50000})], set()),
+    ("ipid-no-rst", {"ip_id": 1000}, [("A", 1, {"ip_id": 40000})], set()),
+    ("ipid-v6", {"v6": 1}, [("A", 1, {}), ("R", 2, {})], set()),
+    # Scanner heuristics and data in the SYN.
+    ("scanner-ttl", {"ttl": 200}, [], {T.SCANNER_TTL}),
+    ("scanner-ttl-255-v6", {"ttl": 255, "v6": 1}, [("R", 1, {})], {T.SCANNER_TTL}),
+    ("ttl-199", {"ttl": 199}, [], set()),
+    ("ttl-128-windows", {"ttl": 128}, [], set()),
+    ("no-options", {"options": ""}, [("RA", 1, {})], {T.NO_OPTIONS}),
+    ("no-options-v6", {"options": "", "v6": 1}, [], {T.NO_OPTIONS}),
+    ("only-mss", {"options": "M1460"}, [], set()),
+    ("only-nop", {"options": "N"}, [], set()),
+    ("syn-data", {"payload": 120, "options": "M1460,S,T,N,W7,N,N,F"}, [("A", 1, {})],
+     {T.SYN_DATA}),
+    ("syn-data-v6", {"payload": 1, "v6": 1}, [], {T.SYN_DATA}),
+    ("syn-no-data", {"payload": 0, "options": "M1460,S,T,N,W7,N,N,F"}, [], set()),
+    ("data-after-syn", {}, [("A", 1, {}), ("PA", 2, {"payload": 300})], set()),
+    ("scanner-all-three", {"ttl": 255, "options": "", "payload": 40}, [("R", 1, {})],
+     {T.SCANNER_TTL, T.NO_OPTIONS, T.SYN_DATA}),
+]
+EVIDENCE_TAGS = {T.IPID_JUMP, T.SCANNER_TTL, T.NO_OPTIONS, T.SYN_DATA}
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["flow", "packed"])
+@pytest.mark.parametrize("syn,rest,expected", [c[1:] for c in EVIDENCE],
+                         ids=[c[0] for c in EVIDENCE])
+def test_evidence_tags(syn, rest, expected, packed) -> None:
+    syn = dict(syn)
+    where = {"tuple_": CLIENT6} if syn.pop("v6", 0) else {}
+    packets = [pkt("S", 0.0, **where, **syn)]  # type: ignore[arg-type]
+    packets += [pkt(f, ts, **where, **kw) for f, ts, kw in rest]  # type: ignore[arg-type]
+    [verdict] = run(packets, pack_above=0 if packed else 65536).verdicts
+    assert set(verdict.tags) & EVIDENCE_TAGS == expected
+
+
+def test_data_in_the_syn_does_not_make_a_flow_post_psh() -> None:
+    packets = [pkt("S", 0.0, payload=300), pkt("A", 1), pkt("R", 2)]
+    [verdict] = run(packets).verdicts
+    assert (verdict.stage, verdict.category) == (Stage.POST_ACK, C.POST_ACK)
+    assert T.SYN_DATA in verdict.tags
+
+
 def test_every_stage_outcome_and_tag_is_covered_by_the_table() -> None:
     """The table above is the spec: it must exercise every enum value."""
     seen_tags = set().union(*(c[5] for c in CASES)) | {T.ZMAP, T.ZMAP_MODERN}
+    seen_tags |= set().union(*(c[3] for c in EVIDENCE))
     assert {c[2] for c in CASES} == set(Stage)
     assert {c[3] for c in CASES} | {Outcome.ONGOING} == set(Outcome)
     assert {c[4] for c in CASES} == set(Category)
@@ -159,8 +239,11 @@ def test_packets_after_the_tenth_are_late_not_no_syn() -> None:
         (54321, 64240, False, 0, "M1460", 4, set()),
         (54321, 65535, False, 0, "M1460", 6, set()),  # IPv6 has no IP ID: never zmap
         (4242, 65535, False, 0, "M1460,N,W8,N,N,S", 4, {T.ZMAP_MODERN}),  # windows template
-        (4242, 65535, False, 0, "M1460,S,T,N,W7", 4, {T.ZMAP_MODERN}),  # linux
-        (4242, 65535, False, 0, "M1460,N,W6,N,N,T,S,E", 4, {T.ZMAP_MODERN}),  # bsd
+        (4242, 65535, False, 0, "M1460,S,Tu,N,W7", 4, {T.ZMAP_MODERN}),  # linux
+        (4242, 65535, False, 0, "M1460,N,W6,N,N,Tu,S,E", 4, {T.ZMAP_MODERN}),  # bsd
+        # A real stack's TSval (random offset, milliseconds) is not the Unix time: `T`.
+        (4242, 65535, False, 0, "M1460,S,T,N,W7", 4, set()),
+        (4242, 65535, False, 0, "M1460,N,W6,N,N,T,S,E", 4, set()),  # macOS, DF clear
         (4242, 65535, False, 0, "M1460", 4, {T.ZMAP_MODERN}),  # smallest-probes
         (4242, 65535, True, 0, "M1460,N,W8,N,N,S", 4, set()),  # DF set: a real stack
         (4242, 65535, False, 5, "M1460,N,W8,N,N,S", 4, set()),  # ack set

@@ -6,27 +6,41 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from resetwatch.classify import ACKNUM_TAGS, RESET_SHAPES, Category, Outcome, Tag, classify
-from resetwatch.flows import MAX_PACKETS, Flow, FlowTable, pack_syn, packed_ts, unpack_syn
+from resetwatch.flows import (
+    MAX_PACKETS,
+    NO_IDS,
+    Flow,
+    FlowTable,
+    pack_syn,
+    packed_ts,
+    unpack_syn,
+)
 from resetwatch.packet import CWR, ECE, SYN, Packet
 
 from .factory import CLIENT6, pkt, run
 
 FLAG_SETS = ["A", "PA", "R", "RA", "FA", "FPA", "RPA", "A"]
 
+# IP IDs near the SYN's, across the 16-bit wrap from it, far from it, and zero.
+IP_IDS = [0, 1, 2, 65535, 4242, 4243, 30000, 9000]
 later_packet = st.builds(
-    lambda flags, ack, ttl, ts: pkt(flags, ts, ack=ack, ttl=ttl),
+    lambda flags, ack, ttl, ts, ip_id: pkt(flags, ts, ack=ack, ttl=ttl, ip_id=ip_id),
     st.sampled_from(FLAG_SETS),
     st.sampled_from([0, 1, 77, 2**32 - 1]),
     st.sampled_from([57, 58, 250]),
     st.floats(min_value=0.0, max_value=5.0),
+    st.sampled_from(IP_IDS),
 )
 syn_packet = st.builds(
-    lambda ip_id, window, df, options: pkt("S", 0.0, ip_id=ip_id, window=window, df=df,
-                                           options=options),
-    st.sampled_from([54321, 1, 4242]),
+    lambda ip_id, window, df, options, ttl, payload: pkt(
+        "S", 0.0, ip_id=ip_id, window=window, df=df, options=options, ttl=ttl, payload=payload
+    ),
+    st.sampled_from([54321, 1, 4242, 0, 65535]),
     st.sampled_from([65535, 64240]),
     st.booleans(),
-    st.sampled_from(["M1460", "M1460,N,W8,N,N,S", "M1460,S,T,N,W7", ""]),
+    st.sampled_from(["M1460", "M1460,N,W8,N,N,S", "M1460,S,T,N,W7", "M1460,S,Tu,N,W7", ""]),
+    st.sampled_from([57, 255]),
+    st.sampled_from([0, 120]),
 )
 flows = st.tuples(syn_packet, st.lists(later_packet, max_size=MAX_PACKETS - 1))
 
@@ -93,7 +107,8 @@ def test_the_table_summarises_as_flow_absorb_does(flow_packets) -> None:
     general.key, general.first_ts, general.last_ts = syn.key, syn.ts, syn.ts
     general.packets = general.marks = general.ttls = 0
     general.resets = None
-    general.syn_seq, general.syn_ipid, general.syn = syn.seq, syn.ip_id, Flow(syn).syn
+    general.syn_seqid, general.syn = syn.seq | syn.ip_id << 32, Flow(syn).syn
+    general.ids = 0 if syn.ip_id else NO_IDS
     general.absorb(syn)
     assert summary(general) == summary(Flow(syn))
 

@@ -16,7 +16,9 @@ was given, tampers the way real middleboxes do:
                 `multiple_rsts` with `acknumdiff0`.
 
 The forged resets carry the middlebox's own TTL (its kernel default, 64), while the client's
-packets reach the server one hop later (63): the agent tags them `ttl_mismatch`. Their
+packets reach the server one hop later (63): the agent tags them `ttl_mismatch`. On IPv4 they
+carry the middlebox's own random IP ID too, drawn at least 8192 away from the client's (so the
+demo's verdicts do not vary): `ipid_jump`. Their
 sequence number is exactly the server's next expected one, so the server's conntrack accepts
 them and the agent's sampling rule logs them (docs/methodology.md). They leave after a short
 delay so the data segment is surely first on the wire.
@@ -37,6 +39,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -151,8 +154,9 @@ class Middlebox:
         first_ack = 0  # both shapes start with a bare RST whose ack field is zero
         second = (RST | ACK) if action == "rst+rstack" else RST
         for flags, ack in ((RST, first_ack), (second, seg.ack)):
+            ip_id = (seg.ip_id + random.randrange(8192, 57345)) & 0xFFFF or 1
             self.send(build(seg.src, seg.dst, seg.sport, seg.dport,
-                             seq=seq, ack=ack, flags=flags, ttl=ttl))  # fmt: skip
+                             seq=seq, ack=ack, flags=flags, ttl=ttl, ip_id=ip_id))  # fmt: skip
             time.sleep(0.01)
         # The client is told too, so it gives up at once, as under a real censor.
         self.send(build(seg.dst, seg.src, seg.dport, seg.sport,

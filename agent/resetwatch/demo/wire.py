@@ -41,6 +41,8 @@ class Segment:
     ack: int
     flags: int
     payload: bytes
+    ip_id: int = 0
+    """The IPv4 identification field; 0 for IPv6."""
 
 
 def parse(packet: bytes) -> Optional[Segment]:
@@ -50,7 +52,7 @@ def parse(packet: bytes) -> Optional[Segment]:
         return None
     version = packet[0] >> 4
     if version == 4:
-        vihl, _, total, _, frag, ttl, proto, _, src, dst = _IPV4.unpack_from(packet)
+        vihl, _, total, ip_id, frag, ttl, proto, _, src, dst = _IPV4.unpack_from(packet)
         ihl = (vihl & 0x0F) * 4
         if proto != _PROTO_TCP or frag & 0x1FFF or ihl < 20:
             return None
@@ -60,6 +62,7 @@ def parse(packet: bytes) -> Optional[Segment]:
         dst_text = socket.inet_ntop(socket.AF_INET, dst)
     elif version == 6 and len(packet) >= 40:
         _, plen, proto, ttl, src, dst = _IPV6.unpack_from(packet)
+        ip_id = 0
         if proto != _PROTO_TCP:
             return None
         end = min(40 + plen, len(packet))
@@ -74,7 +77,8 @@ def parse(packet: bytes) -> Optional[Segment]:
     data = start + (offset >> 4) * 4
     if data > end:
         return None
-    return Segment(family, src_text, dst_text, ttl, sport, dport, seq, ack, flags, packet[data:end])
+    payload = packet[data:end]
+    return Segment(family, src_text, dst_text, ttl, sport, dport, seq, ack, flags, payload, ip_id)
 
 
 def _checksum(data: bytes) -> int:
