@@ -235,15 +235,11 @@ class Agent:
             self.history.prune(self.wall_now())
 
     def healthy(self) -> tuple[bool, str]:
-        if self.liveness.stalled():
-            return False, "packet loop stalled"
-        if not (self.config.no_rules or self.health.rules.present):
-            return False, "sampling rules missing"
-        if self.health.rules.label_conflicts:
-            return False, "another rule sets the sampling label"
+        stalled = "packet loop stalled" if self.liveness.stalled() else None
+        problem = stalled or self.health.rules.problem(self.config.no_rules)
         for state in self.outputs.failing():
-            return False, f"output {state.name} failing: {state.error}"
-        return True, "ok"
+            problem = problem or f"output {state.name} failing: {state.error}"
+        return problem is None, problem or "ok"
 
     def status_line(self) -> str:
         judged = self.counts.tally.classified

@@ -51,6 +51,14 @@ class RulesState:
     """Foreign rules that set our conntrack label bit, at the last check (each makes every
     connection it matches look sampled)."""
 
+    def problem(self, no_rules: bool) -> Optional[str]:
+        """What /healthz says is wrong with the rules, or None."""
+        if not (no_rules or self.present):
+            return "sampling rules missing"
+        if self.label_conflicts:
+            return "another rule sets the sampling label"
+        return None
+
 
 class RulesKeeper:
     def __init__(
