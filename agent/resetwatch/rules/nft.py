@@ -424,26 +424,18 @@ class NftBackend(RulesBackend):
 
     def candidates(self) -> Optional[int]:
         """Packets the candidate rule counted since the install (None: not installed)."""
-        objects = self._objects()
-        if objects is None:
-            return None
-        counts = [
-            rule_counter(rule)
-            for rule in self._rules(objects)
-            if rule.get("comment") == ID_CANDIDATES
-        ]
-        return sum(counts) if counts else None
+        return self._counted(ID_CANDIDATES)
 
     def set_full(self) -> Optional[int]:
         """Sampled SYNs the stateless sampler's full set could not take, since the install."""
+        return self._counted(stateless.ID_FULL)
+
+    def _counted(self, rule_id: str) -> Optional[int]:
+        """The summed counters of our rules commented `rule_id` (None: none installed)."""
         objects = self._objects()
         if objects is None:
             return None
-        counts = [
-            rule_counter(rule)
-            for rule in self._rules(objects)
-            if rule.get("comment") == stateless.ID_FULL
-        ]
+        counts = [rule_counter(r) for r in self._rules(objects) if r.get("comment") == rule_id]
         return sum(counts) if counts else None
 
     def check(self, spec: RuleSpec) -> list[str]:
