@@ -903,22 +903,13 @@ def flow_bytes(n: int, v6_share: float, shared_key: bool = False, seed: int = 7)
     """
     rng = random.Random(seed)
     table = FlowTable(lambda flow, reason: None, max_flows=n + 1)
-    srv4, srv6 = bytes((203, 0, 113, 1)), bytes.fromhex("20010db8000000000000000000000001")
-    ports = struct.Struct("!HH")
     opts = sys.intern("M1460,S,T,N,W7")
     t0 = 1_700_000_000.0
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
     for i in range(n):
-        v6 = rng.random() < v6_share
-        src = (
-            rng.getrandbits(128).to_bytes(16, "big")
-            if v6
-            else rng.getrandbits(32).to_bytes(4, "big")
-        )
-        dst = srv6 if v6 else srv4
-        port = ports.pack(32768 + i % 28000, 443)
+        src, dst, port = _random_client(rng, v6_share, 32768 + i % 28000)
         ts = t0 + i * 1e-4
         seq = rng.getrandbits(32)
         key = b"".join((src, dst, port))
@@ -945,6 +936,18 @@ def flow_bytes(n: int, v6_share: float, shared_key: bool = False, seed: int = 7)
     return (after - before) / n
 
 
+_SERVER4, _SERVER6 = bytes((203, 0, 113, 1)), bytes.fromhex("20010db8000000000000000000000001")
+_PORTS = struct.Struct("!HH")
+
+
+def _random_client(rng: random.Random, v6_share: float, sport: int) -> tuple[bytes, bytes, bytes]:
+    """A random client address (IPv6 with probability `v6_share`), the lab server's address
+    of that family, and the packed ports: the three parts of a flow key."""
+    if rng.random() < v6_share:
+        return rng.getrandbits(128).to_bytes(16, "big"), _SERVER6, _PORTS.pack(sport, 443)
+    return rng.getrandbits(32).to_bytes(4, "big"), _SERVER4, _PORTS.pack(sport, 443)
+
+
 def flow_bytes_hostile(
     n: int, v6_share: float, own_signatures: bool = False, seed: int = 11
 ) -> float:
@@ -953,8 +956,6 @@ def flow_bytes_hostile(
     signature list, as a flood of SYNs with random windows would."""
     rng = random.Random(seed)
     table = FlowTable(lambda flow, reason: None, max_flows=n + 1)
-    srv4, srv6 = bytes((203, 0, 113, 1)), bytes.fromhex("20010db8000000000000000000000001")
-    ports = struct.Struct("!HH")
     opts = sys.intern("M1460,S,T,N,W7")
     t0 = 1_700_000_000.0
     if own_signatures:
@@ -965,14 +966,8 @@ def flow_bytes_hostile(
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
     for i in range(n):
-        v6 = rng.random() < v6_share
-        src = (
-            rng.getrandbits(128).to_bytes(16, "big")
-            if v6
-            else rng.getrandbits(32).to_bytes(4, "big")
-        )
-        dst = srv6 if v6 else srv4
-        port = ports.pack(1024 + i % 64000, 443)
+        src, dst, port = _random_client(rng, v6_share, 1024 + i % 64000)
+        v6 = len(src) == 16
         ts = t0 + i * 1e-5  # all n flows within one close linger: every one is held
         window, ack, syn_opts = 64240, 0, opts
         if own_signatures:
